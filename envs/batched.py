@@ -1,0 +1,117 @@
+"""The torch-batched env contract: ``num_tasks x envs_per_task`` rows stepping at once.
+
+Row ``r`` runs task ``r // envs_per_task``. Tensors live on ``device``; nothing in ``step``
+copies to the host.
+
+Autoreset (same step): when a row terminates or is truncated, ``step`` returns the first
+observation of that row's next episode (same task) in ``obs``; the last observation of the
+finished episode is in ``info["final_obs"]`` (all rows; equal to ``obs`` where no episode ended).
+``reward``, ``terminated`` and ``truncated`` belong to the finished step.
+
+Randomness comes from one ``torch.Generator`` on ``device`` seeded by ``reset(seed=...)``; all of
+it is drawn through ``self._rand(kind, k)``: ``k`` uniforms in [0, 1) for every row, ``kind`` being
+``"step"`` (noise of a transition) or ``"reset"`` (noise of an initial state, drawn for every row
+and used where a row resets). The scalar env of a family draws the same ``k`` numbers through
+``self._noise(kind, k)`` and maps them the same way, so the step-for-step tests can feed both the
+same numbers. No host-device sync happens in ``step``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from meta_rl_envs.core import Task, TaskError, TaskSpace, stack_tasks
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise TaskError(f"device={str(device)!r} was asked for but CUDA is not available")
+    return dev
+
+
+class BatchedEnv:
+    """Base of the torch-batched families. Subclasses define the spaces, ``task_space``,
+    ``_load_params(params)``, ``_reset_rows(mask)`` and ``_step(action)``."""
+
+    task_space: TaskSpace
+    single_observation_space: gym.Space
+    single_action_space: gym.Space
+    horizon: int
+
+    def __init__(self, num_tasks: int, envs_per_task: int = 1, device: str = "cpu") -> None:
+        for name, v in (("num_tasks", num_tasks), ("envs_per_task", envs_per_task)):
+            if not isinstance(v, (int, np.integer)) or v < 1:
+                raise TaskError(f"{name}={v!r} must be a positive integer")
+        self.num_tasks = int(num_tasks)
+        self.envs_per_task = int(envs_per_task)
+        self.num_envs = self.num_tasks * self.envs_per_task
+        self.device = resolve_device(device)
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(0)
+        self.tasks: list[Task] = []
+        self.t = torch.zeros(self.num_envs, dtype=torch.long, device=self.device)
+
+    # -- tasks ---------------------------------------------------------------------------
+    def sample_tasks(self, n: int, rng, split: str = "train") -> list[Task]:
+        return self.task_space.sample(n, rng, split)
+
+    def set_tasks(self, tasks: Sequence[Task]) -> None:
+        """One task per task slot (``num_tasks`` of them); rows are repeated per task."""
+        if len(tasks) != self.num_tasks:
+            raise TaskError(
+                f"set_tasks got {len(tasks)} tasks; this env has num_tasks={self.num_tasks}"
+            )
+        self.tasks = [self.task_space.validate(t) for t in tasks]
+        stacked = stack_tasks(self.tasks)
+        params = {
+            k: torch.as_tensor(v, dtype=torch.float32, device=self.device).repeat_interleave(
+                self.envs_per_task, dim=0
+            )
+            for k, v in stacked.items()
+        }
+        self._load_params(params)
+
+    def row_tasks(self) -> list[Task]:
+        return [t for t in self.tasks for _ in range(self.envs_per_task)]
+
+    # -- stepping ------------------------------------------------------------------------
+    def _rand(self, kind: str, k: int) -> torch.Tensor:
+        """``(num_envs, k)`` uniforms in [0, 1); ``kind`` is ``"step"`` or ``"reset"``."""
+        return torch.rand((self.num_envs, k), generator=self.generator, device=self.device)
+
+    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        if not self.tasks:
+            raise TaskError("call set_tasks(tasks) before reset()")
+        if seed is not None:
+            self.generator.manual_seed(int(seed))
+        everything = torch.ones(self.num_envs, dtype=torch.bool, device=self.device)
+        self.t.zero_()
+        return self._reset_rows(everything), {}
+
+    def step(self, action: torch.Tensor):
+        obs, reward, terminated = self._step(action)
+        self.t += 1
+        truncated = (self.t >= self.horizon) & ~terminated
+        done = terminated | truncated
+        self.t = torch.where(done, torch.zeros_like(self.t), self.t)
+        return self._reset_rows(done), reward, terminated, truncated, {"final_obs": obs}
+
+    # -- to be defined by each family ----------------------------------------------------
+    def _load_params(self, params: dict[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def _reset_rows(self, mask: torch.Tensor) -> torch.Tensor:
+        """Reset the rows where ``mask`` is true (drawing ``_rand("reset", m)`` for all rows if the
+        family's initial state is random); return the observations of all rows after it."""
+        raise NotImplementedError
+
+    def _step(self, action: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Advance every row; return (obs, reward, terminated)."""
+        raise NotImplementedError

@@ -1,0 +1,3 @@
+from meta_rl.cli import main
+
+raise SystemExit(main())
