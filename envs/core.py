@@ -426,6 +426,13 @@ class TaskFamily:
     def task_info(self) -> dict[str, Any]:
         return {"task": self.task.to_dict()}
 
+    def _noise(self, kind: str, k: int) -> np.ndarray:
+        """``k`` uniforms in [0, 1) from the env's seeded generator (``kind``: "step" | "reset").
+
+        Scalar families draw all their randomness here, mirroring ``BatchedEnv._rand``, so the
+        batched twin can be fed the same numbers in the step-for-step tests."""
+        return self.np_random.random(k)
+
 
 @dataclass(frozen=True)
 class TaskDistribution:
