@@ -182,12 +182,15 @@ class Dirichlet(Param):
         return draws.reshape(n, *self.shape)
 
     def check(self, value: np.ndarray) -> None:
-        if (
-            not np.all(np.isfinite(value))
-            or np.any(value < 0)
-            or not np.allclose(value.sum(-1), 1.0, atol=1e-6)
-        ):
-            self._fail("...", "each row must be non-negative and sum to 1")
+        rows = value.reshape(-1, value.shape[-1])
+        sums = rows.sum(-1)
+        bad = ~np.isfinite(rows).all(-1) | (rows < 0).any(-1) | ~np.isclose(sums, 1.0, atol=1e-6)
+        if bad.any():
+            i = int(np.argmax(bad))
+            self._fail(
+                f"row {i}: {rows[i].tolist()} (sum {sums[i]:.6g})",
+                "allowed: each row non-negative, summing to 1",
+            )
 
     def describe(self) -> str:
         return f"Dirichlet({self.alpha:g}) rows of shape {self.shape}"
