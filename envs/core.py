@@ -189,7 +189,7 @@ class Dirichlet(Param):
             i = int(np.argmax(bad))
             self._fail(
                 f"row {i}: {rows[i].tolist()} (sum {sums[i]:.6g})",
-                "allowed: each row non-negative, summing to 1",
+                "allowed: each row non-negative and sum to 1",
             )
 
     def describe(self) -> str:
