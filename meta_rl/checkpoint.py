@@ -1,0 +1,363 @@
+"""Checkpoints: tensors in safetensors, everything else in a JSON sidecar. No pickle.
+
+A checkpoint of step ``s`` in folder ``d`` is two files:
+
+- ``d/step_{s:08d}.json``: the sidecar (format name and version, step, config, the JSON part of
+  the trainer's state, and the name, size and SHA-256 of the tensors file). Writing it is the
+  commit: a checkpoint exists when its sidecar does.
+- ``d/step_{s:08d}-{token}.safetensors``: every tensor (model weights under their own names,
+  tensors found inside ``state`` under ``"state/..."`` keys).
+
+``state`` may nest dicts, lists and tuples of tensors, numbers, strings, booleans and ``None``
+(an optimizer's ``state_dict()``, RNG states from :func:`rng_state` ...); tensors go to the
+safetensors file, the structure to JSON, and :func:`load_checkpoint` rebuilds it exactly
+(int dict keys and tuples included), so ``optimizer.load_state_dict`` takes it back.
+
+Both files are written atomically (temporary file in the same folder, fsync, ``os.replace``),
+the tensors file first under a fresh name, so a crash at any point leaves the previous
+checkpoints intact. ``keep`` bounds how many checkpoints stay on disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import safetensors.torch
+import torch
+
+log = logging.getLogger(__name__)
+
+FORMAT = "meta-rl-checkpoint"
+FORMAT_VERSION = 1
+_SIDECAR = re.compile(r"^step_(\d+)\.json$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing, corrupt, truncated or from a newer format (names the file)."""
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: ``tensors`` (model weights), ``state`` (rebuilt trainer state)."""
+
+    step: int
+    tensors: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    config: dict[str, Any] | None
+    path: Path
+
+
+# --------------------------------------------------------------------------------------------
+# Atomic file writes
+# --------------------------------------------------------------------------------------------
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp alone gives 0o600
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a mix."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.chmod(tmp, _FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# State <-> (tensors, JSON structure)
+# --------------------------------------------------------------------------------------------
+def flatten_state(state: Any, prefix: str = "state") -> tuple[Any, dict[str, torch.Tensor]]:
+    """Split nested ``state`` into a JSON-able structure and ``{key: tensor}``."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def walk(x: Any, key: str) -> Any:
+        if key in tensors:  # a dict key holding "/" could repeat a path: keep names unique
+            key = f"{key}#{len(tensors)}"
+        if isinstance(x, torch.Tensor):
+            tensors[key] = x
+            return {"__tensor__": key}
+        if isinstance(x, np.ndarray):
+            if x.dtype == object:
+                raise CheckpointError(f"state entry {key} is an object array (not storable)")
+            tensors[key] = torch.from_numpy(np.ascontiguousarray(x))
+            return {"__ndarray__": key}
+        if isinstance(x, Mapping):
+            if all(isinstance(k, str) for k in x) and not any(k.startswith("__") for k in x):
+                return {k: walk(v, f"{key}/{k}") for k, v in x.items()}
+            items = []
+            for k, v in x.items():
+                if not isinstance(k, (str, int, float, bool)) and k is not None:
+                    raise CheckpointError(f"state key {k!r} at {key} is not a str/int/float/bool")
+                items.append([k, walk(v, f"{key}/{k}")])
+            return {"__dict__": items}
+        if isinstance(x, tuple):
+            return {"__tuple__": [walk(v, f"{key}/{i}") for i, v in enumerate(x)]}
+        if isinstance(x, list):
+            return [walk(v, f"{key}/{i}") for i, v in enumerate(x)]
+        if isinstance(x, (np.integer, np.floating, np.bool_)):
+            return x.item()
+        if x is None or isinstance(x, (str, int, float, bool)):
+            return x
+        raise CheckpointError(
+            f"state entry {key} has type {type(x).__name__}; allowed: tensors, arrays, dicts, "
+            "lists, tuples, str, int, float, bool, None"
+        )
+
+    return walk(state, prefix), tensors
+
+
+def unflatten_state(structure: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    """Inverse of :func:`flatten_state`."""
+
+    def walk(x: Any) -> Any:
+        if isinstance(x, dict):
+            if "__tensor__" in x:
+                return tensors[x["__tensor__"]]
+            if "__ndarray__" in x:
+                return tensors[x["__ndarray__"]].numpy()
+            if "__tuple__" in x:
+                return tuple(walk(v) for v in x["__tuple__"])
+            if "__dict__" in x:
+                return {k: walk(v) for k, v in x["__dict__"]}
+            return {k: walk(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [walk(v) for v in x]
+        return x
+
+    return walk(structure)
+
+
+# --------------------------------------------------------------------------------------------
+# RNG states as JSON-able data
+# --------------------------------------------------------------------------------------------
+def rng_state(gen: np.random.Generator | torch.Generator) -> dict[str, Any]:
+    """The state of a numpy or torch generator as JSON-able data."""
+    if isinstance(gen, np.random.Generator):
+        return {"kind": "numpy", "state": gen.bit_generator.state}
+    if isinstance(gen, torch.Generator):
+        raw = gen.get_state().numpy().tobytes()
+        return {
+            "kind": "torch",
+            "device": str(gen.device),
+            "state": base64.b64encode(raw).decode(),
+        }
+    raise CheckpointError(f"rng_state: {type(gen).__name__} is not a numpy or torch Generator")
+
+
+def set_rng_state(gen: np.random.Generator | torch.Generator, data: Mapping[str, Any]) -> None:
+    """Restore a state captured by :func:`rng_state` into ``gen`` (same kind)."""
+    kind = data.get("kind")
+    if isinstance(gen, np.random.Generator) and kind == "numpy":
+        gen.bit_generator.state = data["state"]
+    elif isinstance(gen, torch.Generator) and kind == "torch":
+        raw = np.frombuffer(base64.b64decode(data["state"]), dtype=np.uint8).copy()
+        gen.set_state(torch.from_numpy(raw))
+    else:
+        raise CheckpointError(
+            f"cannot restore a {kind!r} generator state into a {type(gen).__name__}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Saving and loading
+# --------------------------------------------------------------------------------------------
+def sidecar_path(directory: str | Path, step: int) -> Path:
+    return Path(directory) / f"step_{step:08d}.json"
+
+
+def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
+    """``(step, sidecar path)`` of every committed checkpoint, oldest first."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for p in directory.iterdir():
+        m = _SIDECAR.match(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for k, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise CheckpointError(f"tensor {k!r} is a {type(t).__name__}, not a torch.Tensor")
+        out[k] = t.detach().to("cpu", copy=True).contiguous()  # own storage: no shared memory
+    return out
+
+
+def save_checkpoint(
+    directory: str | Path,
+    step: int,
+    tensors: Mapping[str, torch.Tensor],
+    state: Mapping[str, Any] | None = None,
+    *,
+    config: Mapping[str, Any] | None = None,
+    keep: int | None = None,
+) -> Path:
+    """Write checkpoint ``step`` into ``directory`` atomically; return the sidecar's path.
+
+    ``tensors`` are saved under their names (no key may start with ``"state/"``); ``state`` is
+    any nesting of JSON-able values and tensors. Keeps the ``keep`` newest checkpoints.
+    """
+    if not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"step={step!r} must be a non-negative integer")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for k in tensors:
+        if k.startswith("state/"):
+            raise CheckpointError(f"tensor name {k!r} is reserved (the 'state/' prefix)")
+    structure, state_tensors = flatten_state(dict(state or {}))
+    all_tensors = _prepare({**tensors, **state_tensors})
+
+    blob = safetensors.torch.save(all_tensors, metadata={"format": FORMAT})
+    tensors_name = f"step_{step:08d}-{uuid.uuid4().hex[:8]}.safetensors"
+    atomic_write(directory / tensors_name, blob)
+
+    sidecar = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "step": step,
+        "config": dict(config) if config is not None else None,
+        "state": structure,
+        "tensor_names": sorted(tensors),
+        "tensors_file": tensors_name,
+        "tensors_bytes": len(blob),
+        "tensors_sha256": hashlib.sha256(blob).hexdigest(),
+    }
+    try:
+        text = json.dumps(sidecar, indent=1, allow_nan=True)
+    except (TypeError, ValueError) as err:
+        with contextlib.suppress(OSError):
+            (directory / tensors_name).unlink()
+        raise CheckpointError(f"checkpoint config/state is not JSON-able: {err}") from err
+    path = sidecar_path(directory, step)
+    atomic_write(path, text.encode())
+    log.debug("saved checkpoint %s", path)
+    _prune(directory, keep)
+    return path
+
+
+def _prune(directory: Path, keep: int | None) -> None:
+    """Drop checkpoints beyond the ``keep`` newest and tensors files no sidecar refers to."""
+    found = list_checkpoints(directory)
+    if keep is not None and keep > 0 and len(found) > keep:
+        for _, p in found[: len(found) - keep]:
+            with contextlib.suppress(OSError):
+                p.unlink()  # the sidecar first: a half-pruned checkpoint is not "committed"
+        found = found[len(found) - keep :]
+    referenced = set()
+    for _, p in found:
+        try:
+            referenced.add(json.loads(p.read_text()).get("tensors_file"))
+        except (OSError, ValueError, AttributeError):
+            return  # an unreadable sidecar: leave every file alone
+    for p in directory.glob("step_*.safetensors"):
+        if p.name not in referenced:
+            with contextlib.suppress(OSError):
+                p.unlink()
+    for p in directory.glob(".step_*.tmp"):  # leftovers of a crash mid-write
+        with contextlib.suppress(OSError):
+            p.unlink()
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """Load a checkpoint from its sidecar path (or a folder: its newest checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        newest = latest_checkpoint(path)
+        if newest is None:
+            raise CheckpointError(f"no checkpoint in folder {str(path)!r}")
+        path = newest
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a meta-rl checkpoint sidecar")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {version!r}; this meta-rl reads up to "
+            f"version {FORMAT_VERSION}: upgrade meta-rl to load it"
+        )
+    for key in ("step", "tensors_file", "tensors_sha256", "tensors_bytes", "state"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks the field {key!r}")
+    tpath = path.parent / meta["tensors_file"]
+    try:
+        blob = tpath.read_bytes()
+    except OSError as err:
+        raise CheckpointError(
+            f"tensors file {str(tpath)!r} of checkpoint {str(path)!r} cannot be read: "
+            f"{err.strerror}"
+        ) from err
+    if len(blob) != meta["tensors_bytes"]:
+        raise CheckpointError(
+            f"tensors file {str(tpath)!r} is truncated or corrupt: {len(blob)} bytes, "
+            f"expected {meta['tensors_bytes']}"
+        )
+    if hashlib.sha256(blob).hexdigest() != meta["tensors_sha256"]:
+        raise CheckpointError(f"tensors file {str(tpath)!r} is corrupt: SHA-256 mismatch")
+    try:
+        everything = safetensors.torch.load(blob)
+    except Exception as err:  # safetensors raises its own error types
+        raise CheckpointError(f"tensors file {str(tpath)!r} is corrupt: {err}") from err
+    everything = {k: v.to(device) for k, v in everything.items()}
+    state_tensors = {k: v for k, v in everything.items() if k.startswith("state/")}
+    tensors = {k: v for k, v in everything.items() if not k.startswith("state/")}
+    try:
+        state = unflatten_state(meta["state"], state_tensors)
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt state: {err}") from err
+    return Checkpoint(
+        step=int(meta["step"]), tensors=tensors, state=state, config=meta.get("config"), path=path
+    )

@@ -1,0 +1,455 @@
+"""The ``meta-rl`` command (also ``python -m meta_rl``).
+
+::
+
+    meta-rl envs                          task families, their parameters, ranges and splits
+    meta-rl rollout --env MetaRL/PointNav-v0 --tasks 8 --steps 200
+    meta-rl presets [NAME]                training presets (NAME: its config fields)
+    meta-rl train PRESET_OR_YAML [--set key=value ...] [--out DIR] [--resume] [--no-progress]
+
+Bad input (unknown preset, bad ``--set``, a run folder that would be overwritten...) prints one
+line to stderr and exits with status 2; nothing is created before the config is valid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from meta_rl.checkpoint import CheckpointError
+from meta_rl.config import ConfigError, describe, load_yaml
+from meta_rl.presets import PRESETS, PresetError, get_preset
+from meta_rl.runs import CONFIG_FILE, Run, RunError
+
+log = logging.getLogger("meta_rl.cli")
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    ConfigError,
+    PresetError,
+    RunError,
+    CheckpointError,
+)
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines that do not break an active tqdm bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        try:
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:
+            self.handleError(record)
+
+
+class _HideMetricLines(logging.Filter):
+    """Per-step metric lines stay in the run's log file while a progress bar shows them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.name.startswith("meta_rl.runs.metrics")
+
+
+def _setup_logging(verbosity: int, progress_bar: bool = False) -> None:
+    logger = logging.getLogger("meta_rl")
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    for h in list(logger.handlers):
+        if isinstance(h, _TqdmHandler):
+            logger.removeHandler(h)
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setLevel(level)
+    if progress_bar and verbosity <= 0:
+        handler.addFilter(_HideMetricLines())
+    logger.addHandler(handler)
+    logger.setLevel(min(level, logging.INFO))
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    try:
+        from meta_rl_envs import TaskError
+    except ImportError:  # pragma: no cover - the envs package ships with meta-rl
+        return USER_ERRORS
+    return (*USER_ERRORS, TaskError)
+
+
+# --------------------------------------------------------------------------------------------
+# meta-rl envs
+# --------------------------------------------------------------------------------------------
+def family_table() -> list[dict[str, Any]]:
+    """One entry per registered family: summary, parameters, splits (or why it is unavailable)."""
+    import gymnasium as gym
+    from meta_rl_envs import FAMILIES
+
+    rows = []
+    for env_id, spec in FAMILIES.items():
+        row: dict[str, Any] = {
+            "id": env_id,
+            "summary": spec.summary,
+            "batched": spec.batched is not None,
+        }
+        try:
+            env = gym.make(env_id)
+            try:
+                space = env.unwrapped.task_space
+                row["parameters"] = space.describe()
+                row["splits"] = list(space.splits)
+            finally:
+                env.close()
+        except Exception as err:  # a family module missing, or its optional extra
+            reason = f"{type(err).__name__}: {err}"
+            if spec.extra:
+                reason += f" (needs the extra: pip install 'meta-rl[{spec.extra}]')"
+            row["unavailable"] = reason
+        rows.append(row)
+    return rows
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    rows = family_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        tag = "  [batched]" if row["batched"] else ""
+        print(f"{row['id']}{tag}")
+        print(f"  {row['summary']}")
+        if "unavailable" in row:
+            print(f"  unavailable: {row['unavailable']}")
+        else:
+            print("  parameters:")
+            for name, text in row["parameters"].items():
+                print(f"    {name}: {text}")
+            print(f"  splits: {', '.join(row['splits'])}")
+        print()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# meta-rl rollout: the quick-start job (random actions through a batched family)
+# --------------------------------------------------------------------------------------------
+def random_rollout(
+    env_id: str,
+    tasks: int,
+    envs_per_task: int,
+    steps: int,
+    seed: int,
+    device: str = "auto",
+    split: str = "train",
+) -> dict[str, Any]:
+    """Random actions for ``steps`` steps on ``tasks x envs_per_task`` rows of a batched family.
+
+    Returns steps per second and, per task, the mean return of the episodes that finished (or
+    of the unfinished episode when none did)."""
+    import gymnasium as gym
+    import numpy as np
+    import torch
+    from meta_rl_envs import TaskError, make_batched
+
+    env = make_batched(env_id, tasks, envs_per_task, device=device)
+    task_list = env.sample_tasks(tasks, np.random.default_rng(seed), split)
+    env.set_tasks(task_list)
+    obs, _ = env.reset(seed=seed)
+    gen = torch.Generator(device=env.device).manual_seed(seed)
+    space = env.single_action_space
+    n = env.num_envs
+
+    if isinstance(space, gym.spaces.Box):
+        low = torch.as_tensor(space.low, dtype=torch.float32, device=env.device)
+        high = torch.as_tensor(space.high, dtype=torch.float32, device=env.device)
+
+        def act() -> torch.Tensor:
+            u = torch.rand((n, *space.shape), generator=gen, device=env.device)
+            return low + (high - low) * u
+
+    elif isinstance(space, gym.spaces.Discrete):
+
+        def act() -> torch.Tensor:
+            a = torch.randint(int(space.n), (n,), generator=gen, device=env.device)
+            return a + int(space.start)
+
+    else:
+        raise TaskError(f"rollout: action space {space} of {env_id} is not Box or Discrete")
+
+    running = torch.zeros(n, dtype=torch.float64, device=env.device)
+    finished = torch.zeros(n, dtype=torch.float64, device=env.device)
+    episodes = torch.zeros(n, dtype=torch.float64, device=env.device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(steps):
+            obs, reward, terminated, truncated, _ = env.step(act())
+            done = terminated | truncated
+            running += reward.to(torch.float64)
+            finished += torch.where(done, running, torch.zeros_like(running))
+            episodes += done.to(torch.float64)
+            running = torch.where(done, torch.zeros_like(running), running)
+    if env.device.type == "cuda":
+        torch.cuda.synchronize(env.device)
+    elapsed = time.perf_counter() - start
+
+    per_task = []
+    fin = finished.view(tasks, envs_per_task).sum(1)
+    eps = episodes.view(tasks, envs_per_task).sum(1)
+    part = running.view(tasks, envs_per_task).mean(1)
+    for i, task in enumerate(task_list):
+        complete = bool(eps[i] > 0)
+        mean = float(fin[i] / eps[i]) if complete else float(part[i])
+        per_task.append(
+            {
+                "task": task.to_dict(),
+                "episodes": int(eps[i]),
+                "mean_return": mean,
+                "complete": complete,
+            }
+        )
+    return {
+        "env": env_id,
+        "device": str(env.device),
+        "rows": n,
+        "steps": steps,
+        "seconds": elapsed,
+        "steps_per_second": n * steps / max(elapsed, 1e-12),
+        "tasks": per_task,
+    }
+
+
+def _short_task(task: dict[str, Any]) -> str:
+    parts = []
+    for k, v in task.items():
+        if k == "family":
+            continue
+        if isinstance(v, list):
+            shown = ", ".join(f"{x:.3g}" for x in v[:4]) + (", ..." if len(v) > 4 else "")
+            parts.append(f"{k}=[{shown}]")
+        else:
+            parts.append(f"{k}={v:.3g}")
+    return " ".join(parts)
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    result = random_rollout(
+        args.env, args.tasks, args.envs_per_task, args.steps, args.seed, args.device, args.split
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"{result['env']} on {result['device']}: {result['rows']} rows x {result['steps']} steps "
+        f"in {result['seconds']:.3f} s = {result['steps_per_second']:,.0f} steps/s"
+    )
+    print("mean return per task (random actions; * = no episode finished, partial return):")
+    for i, t in enumerate(result["tasks"]):
+        flag = "" if t["complete"] else "*"
+        print(
+            f"  task {i:3d}: {t['mean_return']:10.3f}{flag}  ({t['episodes']} episodes)  "
+            f"{_short_task(t['task'])}"
+        )
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# meta-rl presets / train
+# --------------------------------------------------------------------------------------------
+def cmd_presets(args: argparse.Namespace) -> int:
+    if args.name is None:
+        width = max(len(n) for n in PRESETS)
+        for name, p in PRESETS.items():
+            print(f"{name:<{width}}  {p.summary}")
+        return 0
+    p = get_preset(args.name)
+    cls = p.config_class()
+    config = p.make_config()
+    print(f"{p.name}: {p.summary}")
+    print(f"  trainer: {p.trainer}")
+    print(f"  config:  {p.config}")
+    if p.overrides:
+        print(f"  preset values: {json.dumps(dict(p.overrides))}")
+    print("  fields (value in this preset; --set key=value to change):")
+    for row in describe(cls):
+        value = getattr(config, row["name"])
+        extra = f"  [{row['constraint']}]" if row["constraint"] else ""
+        print(f"    {row['name']} = {value!r}  ({row['type']}){extra}")
+        if row["doc"]:
+            print(f"        {row['doc']}")
+    return 0
+
+
+def _read_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """A preset name, or a YAML file with ``preset: NAME`` and config values."""
+    path = Path(spec)
+    if spec.endswith((".yaml", ".yml", ".json")) or path.is_file():
+        data = load_yaml(path)
+        preset = data.pop("preset", None)
+        if not isinstance(preset, str):
+            raise ConfigError(
+                f"config file {spec!r} needs a 'preset: NAME' entry (presets: "
+                f"{', '.join(sorted(PRESETS))})"
+            )
+        nested = data.pop("config", None) or {}
+        if not isinstance(nested, dict):
+            raise ConfigError(f"'config' in {spec!r} must be a mapping of fields")
+        return preset, {**nested, **data}
+    return spec, {}
+
+
+def _default_out(preset: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / f"{preset}-{stamp}"
+    i = 1
+    while out.exists():
+        out = Path("runs") / f"{preset}-{stamp}-{i}"
+        i += 1
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    if args.spec is None and not args.resume:
+        raise ConfigError("train needs a preset name or a YAML file (see: meta-rl presets)")
+    if args.resume and args.out is None:
+        raise ConfigError("--resume needs --out DIR, the run folder to continue")
+    name, values = _read_spec(args.spec) if args.spec else (None, {})
+    out = Path(args.out) if args.out else None
+
+    if args.resume and out is not None and (out / CONFIG_FILE).exists():
+        from meta_rl.runs import read_run
+
+        stored = read_run(out)["preset"]
+        if name is None:
+            name = stored
+        preset = get_preset(name)
+        trainer = preset.load_trainer()
+        overrides = {**values, **dict(_pairs(args.set))}
+        run = Run.resume(out, overrides, preset=name, show_progress=not args.no_progress)
+    else:
+        if name is None:
+            raise RunError(f"nothing to resume in {str(out)!r} and no preset given")
+        preset = get_preset(name)
+        trainer = preset.load_trainer()
+        config = preset.make_config(values, args.set)  # validated before anything is created
+        out = out if out is not None else _default_out(name)
+        if args.resume:
+            log.info("no run in %s yet: starting one", out)
+        fresh = not out.exists()
+        run = Run.create(out, name, config, show_progress=not args.no_progress)
+
+    with run:
+        log.info("run folder: %s (starting at step %d)", run.path, run.start_step)
+        try:
+            metrics = trainer(run.config, run)
+        except _user_error_types():
+            run.close()
+            if fresh:
+                _remove_if_untouched(run)
+            raise
+        except KeyboardInterrupt:
+            print(
+                f"meta-rl: interrupted; continue with: meta-rl train {name} --out {run.path} "
+                "--resume",
+                file=sys.stderr,
+            )
+            return 130
+        final = run.finish(metrics or {})
+    print(json.dumps({"run": str(run.path), "final": final}, indent=2))
+    return 0
+
+
+def _remove_if_untouched(run: Run) -> None:
+    """Delete a run folder this command created when the trainer refused its config before
+    logging or saving anything (so a rejected run leaves nothing behind)."""
+    import shutil
+
+    from meta_rl.checkpoint import list_checkpoints
+
+    if run.metrics_path.exists() or list_checkpoints(run.checkpoint_dir):
+        return
+    expected = {CONFIG_FILE, "log.txt", "tb", "checkpoints"}
+    if {p.name for p in run.path.iterdir()} <= expected:
+        shutil.rmtree(run.path, ignore_errors=True)
+
+
+def _pairs(items: Sequence[str]) -> list[tuple[str, str]]:
+    from meta_rl.config import parse_override
+
+    return [parse_override(s) for s in items]
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+# --------------------------------------------------------------------------------------------
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meta-rl", description="Meta-reinforcement learning on parameterized task families."
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log lines")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("envs", help="list task families, parameters, ranges and splits")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_envs)
+
+    p = sub.add_parser("rollout", help="random-action batched rollout (quick start)")
+    p.add_argument("--env", default="MetaRL/PointNav-v0", help="family id (see: meta-rl envs)")
+    p.add_argument("--tasks", type=_positive, default=8, help="tasks sampled")
+    p.add_argument("--envs-per-task", type=_positive, default=4, help="rows per task")
+    p.add_argument("--steps", type=_positive, default=200, help="steps per row")
+    p.add_argument("--seed", type=int, default=0, help="seed of tasks, env and actions")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--split", default="train", help="train | test | ood")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_rollout)
+
+    p = sub.add_parser("presets", help="list training presets, or show one's config")
+    p.add_argument("name", nargs="?", help="a preset to describe")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("train", help="train a preset or a YAML config into a run folder")
+    p.add_argument("spec", nargs="?", metavar="PRESET_OR_YAML", help="preset name or YAML file")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config field (repeatable; dotted keys for nested fields)",
+    )
+    p.add_argument("--out", help="run folder (default: runs/PRESET-TIMESTAMP)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    bar = args.command == "train" and not args.no_progress and sys.stderr.isatty()
+    _setup_logging(-1 if args.quiet else args.verbose, progress_bar=bar)
+    try:
+        return int(args.func(args) or 0)
+    except _user_error_types() as err:
+        print(f"meta-rl: error: {err}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `meta-rl envs | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

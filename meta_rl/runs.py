@@ -1,0 +1,448 @@
+"""The run folder: a training run that describes itself and survives being killed.
+
+::
+
+    runs/maml-sine/
+      config.json        preset, trainer, config class and config (enough to rebuild the model)
+      metrics.csv        one row per logged step; columns grow when new metrics appear
+      tb/                TensorBoard events
+      checkpoints/       step_XXXXXXXX.json + .safetensors (see meta_rl.checkpoint)
+      log.txt            the library's log lines during the run
+      final.json         final metrics, written when the trainer returns
+
+A trainer is ``train(config, run) -> dict``. The convention for ``step``: the number of
+iterations completed. After iteration ``i`` (0-based) a trainer logs ``run.log(i + 1, ...)`` and
+saves ``run.save(i + 1, ...)``; on resume it continues at ``run.load_last().step``. Resuming
+drops metric rows and TensorBoard events logged after the last checkpoint, so the iterations
+between that checkpoint and the crash are neither lost nor counted twice.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from meta_rl.checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    atomic_write,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from meta_rl.config import BaseConfig, ConfigError, apply_overrides, diff
+
+log = logging.getLogger(__name__)
+metrics_log = logging.getLogger("meta_rl.runs.metrics")  # one line per run.log call
+
+RUN_FORMAT = "meta-rl-run"
+RUN_VERSION = 1
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.csv"
+LOG_FILE = "log.txt"
+FINAL_FILE = "final.json"
+
+# Fields that may change when a run is resumed (the schedule, not what is learned).
+RESUMABLE_KEYS = frozenset(
+    {"iterations", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"}
+)
+
+
+class RunError(RuntimeError):
+    """A run folder that cannot be created or resumed as asked. The message says why."""
+
+
+def due(step: int, every: int, last: int | None = None) -> bool:
+    """True when ``step`` is a multiple of ``every`` (> 0) or the final step ``last``."""
+    return (every > 0 and step % every == 0) or (last is not None and step == last)
+
+
+def class_path(obj: type | Any) -> str:
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def load_object(path: str) -> Any:
+    """Import ``"module:attr"``."""
+    import importlib
+
+    module, sep, name = path.partition(":")
+    if not sep:
+        raise RunError(f"{path!r} is not of the form 'module:name'")
+    return getattr(importlib.import_module(module), name)
+
+
+def read_run(path: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a run folder."""
+    path = Path(path)
+    cfile = path / CONFIG_FILE
+    if not cfile.exists():
+        raise RunError(f"{str(path)!r} is not a run folder: it has no {CONFIG_FILE}")
+    try:
+        data = json.loads(cfile.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{str(cfile)!r} is unreadable or corrupt: {err}") from err
+    if not isinstance(data, dict) or data.get("format") != RUN_FORMAT:
+        raise RunError(f"{str(cfile)!r} is not a meta-rl run config")
+    if not isinstance(data.get("version"), int) or data["version"] > RUN_VERSION:
+        raise RunError(
+            f"{str(cfile)!r} has run format version {data.get('version')!r}; this meta-rl reads "
+            f"up to {RUN_VERSION}: upgrade meta-rl"
+        )
+    return data
+
+
+def load_config(path: str | Path) -> BaseConfig:
+    """Rebuild the config object of a run folder from its ``config.json``."""
+    data = read_run(path)
+    try:
+        cls = load_object(data["config_class"])
+    except (ImportError, AttributeError) as err:
+        raise RunError(
+            f"run {str(path)!r} needs config class {data['config_class']!r}, which cannot be "
+            f"imported: {type(err).__name__}: {err}"
+        ) from err
+    try:
+        return cls.from_dict(data["config"])
+    except ConfigError as err:
+        raise RunError(f"config of run {str(path)!r} is not valid: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# metrics.csv with growing columns
+# --------------------------------------------------------------------------------------------
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    if not path.exists() or path.stat().st_size == 0:
+        return [], []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
+
+
+def _write_csv(path: Path, columns: list[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    atomic_write(path, buf.getvalue().encode())
+
+
+def read_metrics(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a run's ``metrics.csv`` as floats (missing cells are NaN)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    _, rows = _read_csv(path)
+    return [
+        {k: (float(v) if v not in ("", None) else math.nan) for k, v in r.items()} for r in rows
+    ]
+
+
+def _scalar(name: str, value: Any) -> float:
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise RunError(f"metric {name!r} is a tensor of shape {tuple(value.shape)}, not scalar")
+        value = value.item()
+    try:
+        return float(value)
+    except (TypeError, ValueError) as err:
+        raise RunError(f"metric {name!r} = {value!r} is not a number") from err
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+class Run:
+    """A run folder being written. Build it with :meth:`create` or :meth:`resume`."""
+
+    def __init__(
+        self,
+        path: Path,
+        info: dict[str, Any],
+        config: BaseConfig,
+        checkpoint: Checkpoint | None,
+        show_progress: bool = False,
+    ) -> None:
+        self.path = path
+        self.info = info
+        self.preset: str = info["preset"]
+        self.config = config
+        self.show_progress = show_progress
+        self._checkpoint = checkpoint
+        self.start_step = checkpoint.step if checkpoint is not None else 0
+        self.checkpoint_dir = path / "checkpoints"
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = path / METRICS_FILE
+        self._columns, _ = _read_csv(self.metrics_path)
+        self._bar: Any = None
+        self._bar_key: str | None = None
+        self._closed = False
+
+        # The log file gets the library's log lines while the run is open.
+        self._handler = logging.FileHandler(path / LOG_FILE, encoding="utf-8")
+        self._handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+        )
+        self._handler.setLevel(logging.INFO)
+        self._logger = logging.getLogger("meta_rl")
+        self._old_level = self._logger.level
+        if self._logger.getEffectiveLevel() > logging.INFO:
+            self._logger.setLevel(logging.INFO)
+        self._logger.addHandler(self._handler)
+
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = self.start_step + 1 if checkpoint is not None or info.get("resumed") else None
+        self.writer = SummaryWriter(log_dir=str(path / "tb"), purge_step=purge)
+
+    # -- building ------------------------------------------------------------------------
+    @staticmethod
+    def describe(preset: str, config: BaseConfig, trainer: str | None = None) -> dict[str, Any]:
+        """The ``config.json`` content of a run of ``preset`` with ``config``."""
+        if trainer is None:
+            from meta_rl.presets import PRESETS
+
+            trainer = PRESETS[preset].trainer if preset in PRESETS else None
+        from meta_rl import __version__
+
+        return {
+            "format": RUN_FORMAT,
+            "version": RUN_VERSION,
+            "preset": preset,
+            "trainer": trainer,
+            "config_class": class_path(config),
+            "config": config.to_dict(),
+            "meta_rl_version": __version__,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    @classmethod
+    def check_new(cls, out_dir: str | Path, preset: str, config: BaseConfig) -> None:
+        """Raise :class:`RunError` unless ``out_dir`` can hold a new run (absent or empty)."""
+        path = Path(out_dir)
+        if path.exists() and not path.is_dir():
+            raise RunError(f"run folder {str(path)!r} exists and is not a folder")
+        if not path.exists() or not any(path.iterdir()):
+            return
+        if not (path / CONFIG_FILE).exists():
+            raise RunError(
+                f"run folder {str(path)!r} is not empty and holds no run; choose another --out"
+            )
+        old = read_run(path)
+        changed = diff(old.get("config", {}), config.to_dict())
+        if old.get("preset") != preset:
+            changed = ["preset", *changed]
+        if changed:
+            raise RunError(
+                f"run folder {str(path)!r} holds a run of a different config (differs in: "
+                f"{', '.join(changed)}); choose another --out, or pass --resume to continue "
+                "that run"
+            )
+        raise RunError(
+            f"run folder {str(path)!r} already holds a run of this config; pass --resume to "
+            "continue it, or choose another --out"
+        )
+
+    @classmethod
+    def create(
+        cls,
+        out_dir: str | Path,
+        preset: str,
+        config: BaseConfig,
+        *,
+        trainer: str | None = None,
+        show_progress: bool = False,
+    ) -> Run:
+        """Start a new run in ``out_dir`` (absent or empty; anything else is a RunError)."""
+        if not isinstance(config, BaseConfig):
+            raise RunError(f"config must be a BaseConfig, got {type(config).__name__}")
+        cls.check_new(out_dir, preset, config)
+        path = Path(out_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        info = cls.describe(preset, config, trainer)
+        atomic_write(path / CONFIG_FILE, json.dumps(info, indent=2).encode())
+        run = cls(path, info, config, None, show_progress)
+        log.info("new run of preset %s (%s) in %s", preset, info["config_class"], path)
+        return run
+
+    @classmethod
+    def resume(
+        cls,
+        out_dir: str | Path,
+        overrides: Iterable[str] | Mapping[str, Any] = (),
+        *,
+        preset: str | None = None,
+        show_progress: bool = False,
+    ) -> Run:
+        """Reopen a run folder at its last checkpoint.
+
+        ``overrides`` may change only the schedule (:data:`RESUMABLE_KEYS`, e.g. more
+        ``iterations``); ``preset``, if given, must be the run's. Metric rows and TensorBoard
+        events after the checkpoint's step are dropped.
+        """
+        path = Path(out_dir)
+        info = read_run(path)
+        if preset is not None and preset != info.get("preset"):
+            raise RunError(
+                f"run folder {str(path)!r} holds a run of preset {info.get('preset')!r}, "
+                f"not {preset!r}; choose another --out for a new run"
+            )
+        config = load_config(path)
+        new = apply_overrides(config, overrides)
+        changed = diff(config, new)
+        fixed = [k for k in changed if k not in RESUMABLE_KEYS]
+        if fixed:
+            parts = [f"{k} ({_get(config, k)!r} -> {_get(new, k)!r})" for k in fixed]
+            raise RunError(
+                f"cannot change {', '.join(parts)} when resuming {str(path)!r}; only "
+                f"{', '.join(sorted(RESUMABLE_KEYS))} may change. Start a new run with --out"
+            )
+        if changed:
+            log.info("resuming with changed %s", ", ".join(changed))
+            info = {**info, "config": new.to_dict()}
+            atomic_write(path / CONFIG_FILE, json.dumps(info, indent=2).encode())
+
+        newest = latest_checkpoint(path / "checkpoints")
+        try:
+            checkpoint = load_checkpoint(newest) if newest is not None else None
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{err}. To resume from the previous checkpoint instead, delete {newest.name} "
+                "from the checkpoints folder"
+            ) from err
+        step = checkpoint.step if checkpoint is not None else 0
+        columns, rows = _read_csv(path / METRICS_FILE)
+        kept = [r for r in rows if _row_step(r) <= step]
+        if len(kept) != len(rows):
+            _write_csv(path / METRICS_FILE, columns, kept)
+        info = {**info, "resumed": True}
+        log.info(
+            "resuming %s at step %d (dropped %d metric rows logged after it)",
+            path,
+            step,
+            len(rows) - len(kept),
+        )
+        return cls(path, info, new, checkpoint, show_progress)
+
+    # -- writing -------------------------------------------------------------------------
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Record scalar ``metrics`` at ``step`` (CSV, TensorBoard, log file, progress bar)."""
+        values = {k: _scalar(k, v) for k, v in metrics.items()}
+        for reserved in ("step", "time"):
+            if reserved in values:
+                raise RunError(f"metric name {reserved!r} is reserved by the run")
+        row = {"step": int(step), "time": round(time.time(), 3), **values}
+        new_cols = [k for k in row if k not in self._columns]
+        if new_cols or not self.metrics_path.exists():
+            columns = self._columns + new_cols if self._columns else list(row)
+            _, rows = _read_csv(self.metrics_path)
+            _write_csv(self.metrics_path, columns, [*rows, row])
+            self._columns = columns
+        else:
+            with self.metrics_path.open("a", newline="") as f:
+                csv.DictWriter(
+                    f, fieldnames=self._columns, extrasaction="ignore", lineterminator="\n"
+                ).writerow(row)
+        for k, v in values.items():
+            self.writer.add_scalar(k, v, global_step=int(step))
+        metrics_log.info("step %d: %s", step, " ".join(f"{k}={v:.6g}" for k, v in values.items()))
+        if self._bar is not None:
+            if step > self._bar.n:
+                self._bar.update(step - self._bar.n)
+            key = self._bar_key or next(iter(values), None)
+            if key is not None and key in values:
+                self._bar.set_postfix({key: f"{values[key]:.4g}"}, refresh=False)
+
+    def save(
+        self, step: int, tensors: Mapping[str, torch.Tensor], state: Mapping[str, Any] | None = None
+    ) -> Path:
+        """Checkpoint ``step``: model ``tensors`` plus trainer ``state`` (optimizer, RNGs...)."""
+        keep = getattr(self.config, "keep_checkpoints", None)
+        path = save_checkpoint(
+            self.checkpoint_dir,
+            int(step),
+            tensors,
+            state,
+            config=self.config.to_dict(),
+            keep=keep,
+        )
+        self.writer.flush()
+        log.info("checkpoint at step %d: %s", step, path.name)
+        return path
+
+    def load_last(self, device: str | torch.device = "cpu") -> Checkpoint | None:
+        """The newest checkpoint (``None`` for a fresh run)."""
+        newest = latest_checkpoint(self.checkpoint_dir)
+        if newest is None:
+            return None
+        if self._checkpoint is not None and self._checkpoint.path == newest:
+            ck = self._checkpoint
+            ck.tensors = {k: v.to(device) for k, v in ck.tensors.items()}
+            return ck
+        return load_checkpoint(newest, device)
+
+    def progress(self, total: int, initial: int | None = None, key: str | None = None):
+        """A tqdm bar over ``total`` steps, advanced by :meth:`log`, showing metric ``key``.
+
+        Disabled unless the CLI asked for it (``show_progress``) and stderr is a terminal."""
+        from tqdm.auto import tqdm
+
+        if self._bar is not None:
+            self._bar.close()
+        enabled = self.show_progress and sys.stderr.isatty()
+        start = self.start_step if initial is None else initial
+        self._bar = tqdm(
+            total=total, initial=start, disable=not enabled, desc=self.preset, dynamic_ncols=True
+        )
+        self._bar_key = key
+        return self._bar
+
+    def finish(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """Write the trainer's final metrics to ``final.json`` and return them as floats."""
+        final = {k: _scalar(k, v) for k, v in metrics.items()}
+        atomic_write(self.path / FINAL_FILE, json.dumps(final, indent=2).encode())
+        return final
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._bar is not None:
+            self._bar.close()
+        self.writer.close()
+        self._logger.removeHandler(self._handler)
+        self._handler.close()
+        self._logger.setLevel(self._old_level)
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _row_step(row: Mapping[str, str]) -> float:
+    try:
+        return float(row.get("step", "nan"))
+    except ValueError:
+        return math.inf
+
+
+def _get(config: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        config = getattr(config, part) if dataclasses.is_dataclass(config) else config[part]
+    return config

@@ -1,0 +1,178 @@
+"""The ``meta-rl`` command: envs, rollout, presets, train (errors exit 2 with one line)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from meta_rl.cli import main, random_rollout
+from meta_rl.runs import read_metrics
+
+TINY = [
+    "--set",
+    "device=cpu",
+    "--set",
+    "iterations=6",
+    "--set",
+    "checkpoint_every=3",
+    "--set",
+    "horizon=10",
+    "--set",
+    "tasks_per_iteration=2",
+    "--set",
+    "envs_per_task=2",
+    "--set",
+    "eval_tasks=2",
+]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_envs_lists_pointnav_with_ranges_and_splits(capsys):
+    code, out, _ = run_cli(capsys, "envs")
+    assert code == 0
+    block = out.split("MetaRL/PointNav-v0")[1].split("\n\n")[0]
+    assert "[batched]" in block
+    assert "goal: U[-0.5, 0.5]^(2,); ood U[-1, -0.5] or U[0.5, 1]" in block
+    assert "splits: train, test, ood" in block
+    code, out, _ = run_cli(capsys, "envs", "--json")
+    rows = {r["id"]: r for r in json.loads(out)}
+    assert rows["MetaRL/PointNav-v0"]["parameters"] == {
+        "goal": "U[-0.5, 0.5]^(2,); ood U[-1, -0.5] or U[0.5, 1]"
+    }
+
+
+def test_rollout_prints_speed_and_returns(capsys):
+    code, out, _ = run_cli(
+        capsys, "rollout", "--tasks", "3", "--envs-per-task", "2", "--steps", "250"
+    )
+    assert code == 0
+    assert "6 rows x 250 steps" in out and "steps/s" in out
+    assert out.count("episodes)") == 3
+    result = random_rollout("MetaRL/PointNav-v0", 3, 2, 250, seed=0, device="cpu")
+    again = random_rollout("MetaRL/PointNav-v0", 3, 2, 250, seed=0, device="cpu")
+    assert [t["mean_return"] for t in result["tasks"]] == [t["mean_return"] for t in again["tasks"]]
+    for t in result["tasks"]:
+        assert t["episodes"] == 4 and t["complete"]  # 2 rows x 2 full episodes of 100 steps
+        # Random steps wander: worse than standing still at the origin for 100 steps.
+        goal_dist = sum(g * g for g in t["task"]["goal"]) ** 0.5
+        assert t["mean_return"] < -100 * goal_dist + 5
+
+
+def test_rollout_bad_family_exits_2(capsys):
+    code, out, err = run_cli(capsys, "rollout", "--env", "MetaRL/Nope-v0")
+    assert code == 2 and out == ""
+    assert err.startswith("meta-rl: error: unknown family id 'MetaRL/Nope-v0'")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_presets_lists_all(capsys):
+    code, out, _ = run_cli(capsys, "presets")
+    assert code == 0
+    for name in [
+        "maml-sine",
+        "reptile-glyphs",
+        "protonet-glyphs",
+        "mann-glyphs",
+        "oracle-pointnav",
+    ]:
+        assert name in out
+    code, out, _ = run_cli(capsys, "presets", "oracle-pointnav")
+    assert code == 0 and "lr = 0.03  (float)  [must be > 0]" in out and "Adam learning rate" in out
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["train", "mam-sine"], "unknown preset 'mam-sine'; did you mean 'maml-sine'"),
+        (["train", "oracle-pointnav", "--set", "lr=-1"], "lr = -1.0 is out of range: must be > 0"),
+        (["train", "oracle-pointnav", "--set", "lrr=1"], "unknown config key 'lrr'"),
+        (["train", "oracle-pointnav", "--set", "device=gpu"], "choose one of ['auto', 'cpu'"),
+        (["train", "oracle-pointnav", "--set", "horizon"], "not of the form key=value"),
+    ],
+)
+def test_train_bad_input_exits_2_and_creates_nothing(capsys, tmp_path, argv, message):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(capsys, *argv, "--out", str(out_dir))
+    assert code == 2
+    assert err.startswith("meta-rl: error: ") and message in err, err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out_dir.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_trainer_refusing_its_config_leaves_no_folder(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(
+        capsys, "train", "oracle-pointnav", "--set", "device=cuda", "--out", str(out_dir)
+    )
+    assert code == 2 and "CUDA is not available" in err and "Traceback" not in err
+    assert not out_dir.exists()
+
+
+def test_train_resume_and_refusal(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, _ = run_cli(capsys, "-q", "train", "oracle-pointnav", "--out", str(out_dir), *TINY)
+    assert code == 0
+    first = json.loads(out)
+    assert first["run"] == str(out_dir) and set(first["final"]) >= {"return", "eval_return"}
+    assert [r["step"] for r in read_metrics(out_dir)] == list(range(1, 7))
+
+    # Same folder, other config, no --resume: refused, nothing touched.
+    before = (out_dir / "metrics.csv").read_text()
+    code, _, err = run_cli(capsys, "train", "oracle-pointnav", "--out", str(out_dir))
+    assert code == 2 and "holds a run of a different config" in err
+    assert (out_dir / "metrics.csv").read_text() == before
+
+    # --resume with more iterations continues at the last checkpoint (step 6).
+    code, out, _ = run_cli(
+        capsys, "-q", "train", "--resume", "--out", str(out_dir), "--set", "iterations=9"
+    )
+    assert code == 0
+    assert [r["step"] for r in read_metrics(out_dir)] == list(range(1, 10))
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", str(out_dir), "--set", "lr=1")
+    assert code == 2 and "cannot change lr (0.03 -> 1.0)" in err
+
+
+def test_resume_of_a_missing_run_starts_one(capsys, tmp_path):
+    out_dir = tmp_path / "fresh"
+    code, _, _ = run_cli(
+        capsys, "-q", "train", "oracle-pointnav", "--resume", "--out", str(out_dir), *TINY
+    )
+    assert code == 0 and [r["step"] for r in read_metrics(out_dir)] == list(range(1, 7))
+    code, _, err = run_cli(capsys, "train", "--resume")
+    assert code == 2 and "--resume needs --out DIR" in err
+
+
+def test_train_from_yaml(capsys, tmp_path):
+    spec = tmp_path / "exp.yaml"
+    spec.write_text("preset: oracle-pointnav\nconfig:\n  lr: 0.05\nseed: 3\n")
+    out_dir = tmp_path / "run"
+    code, _, _ = run_cli(capsys, "-q", "train", str(spec), "--out", str(out_dir), *TINY)
+    assert code == 0
+    saved = json.loads((out_dir / "config.json").read_text())
+    assert saved["preset"] == "oracle-pointnav"
+    assert saved["config"]["lr"] == 0.05 and saved["config"]["seed"] == 3
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: 0.05\n")
+    code, _, err = run_cli(capsys, "train", str(bad), "--out", str(tmp_path / "b"))
+    assert code == 2 and "needs a 'preset: NAME' entry" in err
+
+
+def test_python_dash_m_entry_point():
+    proc = subprocess.run(
+        [sys.executable, "-m", "meta_rl", "rollout", "--tasks", "2", "--steps", "20"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "steps/s" in proc.stdout and "task   1:" in proc.stdout
