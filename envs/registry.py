@@ -5,6 +5,7 @@ Entry points are strings, so registering imports no family module until it is ma
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ from meta_rl_envs.core import TaskError
 @dataclass(frozen=True)
 class FamilySpec:
     env_id: str
-    entry_point: str
+    entry_point: str | Callable[..., gym.Env]  # "module:Class" (lazy) or the class itself
     summary: str
     batched: str | None = None  # "module:Class" of the torch-batched twin, if any
     kwargs: dict[str, Any] = field(default_factory=dict)
