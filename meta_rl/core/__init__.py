@@ -2,12 +2,16 @@
 and the outer objectives (MAML, FOMAML, Meta-SGD, ANIL, Reptile). Imports no env code."""
 
 from meta_rl.core.functional import (
+    LowRankWeight,
     Params,
     batched_call,
+    dense,
     expand_params,
     get_params,
     linear_chain,
+    linear_chain_weights,
     put_params,
+    record_linear_layers,
     register_linear_chain,
     stack_params,
     task_index,
@@ -27,8 +31,12 @@ from meta_rl.core.outer import (
 )
 
 __all__ = [
+    "LowRankWeight",
     "Params",
     "batched_call",
+    "dense",
+    "linear_chain_weights",
+    "record_linear_layers",
     "expand_params",
     "get_params",
     "linear_chain",
