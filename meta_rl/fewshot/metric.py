@@ -1,0 +1,431 @@
+"""Metric-based few-shot learners: prototypical networks and Siamese networks.
+
+- **Prototypical networks** (Snell et al. 2017): embed support and query images with one
+  network; a class's prototype is the mean embedding of its support images; a query's logits
+  are minus its squared Euclidean distances to the prototypes. Trained episodically with
+  cross-entropy on the queries.
+- **Siamese network** (pair verification; Koch et al. 2015 use a sigmoid over an L1 distance,
+  here the contrastive loss of Hadsell et al. 2006): ``same * d^2 + (1 - same) *
+  max(0, margin - d)^2`` on L2-normalised embeddings. Pairs come from episodes (every query
+  against every support image, positive and negative pairs weighted equally). N-way one-shot
+  classification picks the class of the nearest support embedding.
+
+Both train on the glyph scripts of the train split and are evaluated on held-out scripts:
+mean accuracy and the 95% confidence interval over many episodes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from meta_rl.checkpoint import rng_state, set_rng_state
+from meta_rl.config import BaseConfig, ConfigError, bounds, choice
+from meta_rl.fewshot.data import EpisodeSampler, ImageSet, load_glyphs, split_by_group
+from meta_rl.fewshot.models import Conv4, seeded
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "EpisodicConfig",
+    "GlyphDataConfig",
+    "ProtoNet",
+    "ProtoNetConfig",
+    "SiameseConfig",
+    "SiameseNet",
+    "contrastive_loss",
+    "evaluate",
+    "glyph_splits",
+    "mean_ci95",
+    "prototypes",
+    "train_protonet",
+    "train_siamese",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# configs
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class GlyphDataConfig(BaseConfig):
+    """The image set and its split by script (shared by the metric learners and MANN)."""
+
+    iterations: int = field(default=2000, metadata=bounds(ge=1))
+    """number of optimizer updates"""
+    eval_every: int = field(default=500, metadata=bounds(ge=0))
+    """evaluate on the test scripts every this many updates (0: only at the end)"""
+    checkpoint_every: int = field(default=500, metadata=bounds(ge=0))
+    """save a checkpoint every this many updates (0: only at the end)"""
+    log_every: int = field(default=10, metadata=bounds(ge=1))
+    """write training metrics every this many updates"""
+    dataset: str = field(default="glyphs", metadata=choice("glyphs", "omniglot"))
+    """'glyphs' (rendered from fonts, split by script) or 'omniglot' (local folder data_root;
+    background alphabets train, evaluation alphabets test)"""
+    data_root: str | None = None
+    """glyph cache folder (default: $META_RL_DATA/glyphs or ~/.cache/meta-rl/glyphs), or the
+    Omniglot folder for dataset='omniglot'"""
+    fonts: str = field(default="dejavu", metadata=choice("dejavu", "noto", "auto"))
+    """glyph fonts (see meta_rl.fewshot.glyphs)"""
+    image_size: int = field(default=28, metadata=bounds(ge=16))
+    """side of the square images"""
+    samples_per_class: int = field(default=20, metadata=bounds(ge=2))
+    """glyph images rendered per letter"""
+    scripts: tuple[str, ...] = ()
+    """build the glyphs of these scripts only (e.g. Latin, Greek, Armenian); () = all"""
+    split_seed: int = 0
+    """seed of the script split train/val/test = 0.6/0.2/0.2 of the classes (kept apart from
+    ``seed`` so runs of different seeds share the test scripts)"""
+    rotations: bool = False
+    """augment training classes by random quarter turns"""
+    lr: float = field(default=1e-3, metadata=bounds(gt=0))
+    """Adam learning rate"""
+
+
+@dataclass
+class EpisodicConfig(GlyphDataConfig):
+    """N-way K-shot episodes for the metric learners."""
+
+    n_way: int = field(default=5, metadata=bounds(ge=2))
+    """classes per evaluation episode"""
+    k_shot: int = field(default=1, metadata=bounds(ge=1))
+    """support images per class"""
+    q_queries: int = field(default=15, metadata=bounds(ge=1))
+    """query images per class"""
+    train_way: int = field(default=0, metadata=bounds(ge=0))
+    """classes per training episode (0: n_way; ProtoNets gain from more)"""
+    meta_batch: int = field(default=1, metadata=bounds(ge=1))
+    """episodes per optimizer update"""
+    hidden: int = field(default=64, metadata=bounds(ge=1))
+    """channels of the Conv-4 encoder"""
+    eval_episodes: int = field(default=600, metadata=bounds(ge=2))
+    """episodes for the accuracy and its 95% confidence interval"""
+
+    def check(self) -> None:
+        if self.samples_per_class < self.k_shot + self.q_queries:
+            raise ConfigError(
+                f"samples_per_class = {self.samples_per_class} must be >= k_shot + q_queries "
+                f"= {self.k_shot + self.q_queries}"
+            )
+
+    @property
+    def way_train(self) -> int:
+        return self.train_way or self.n_way
+
+
+@dataclass
+class ProtoNetConfig(EpisodicConfig):
+    """Prototypical networks on the glyph benchmark."""
+
+    train_way: int = field(default=20, metadata=bounds(ge=0))
+    """classes per training episode (Snell et al. train with more ways than they test)"""
+
+
+@dataclass
+class SiameseConfig(EpisodicConfig):
+    """Siamese network with a contrastive loss on the glyph benchmark."""
+
+    n_way: int = field(default=20, metadata=bounds(ge=2))
+    """classes per evaluation episode (Koch et al. report 20-way one-shot)"""
+    train_way: int = field(default=5, metadata=bounds(ge=0))
+    """classes per training episode (the pairs come from it)"""
+    q_queries: int = field(default=5, metadata=bounds(ge=1))
+    """query images per class"""
+    margin: float = field(default=1.0, metadata=bounds(gt=0))
+    """contrastive margin on the distance of normalised embeddings (in [0, 2])"""
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def glyph_splits(config: GlyphDataConfig) -> dict[str, ImageSet]:
+    """The train / test image sets of ``config`` (whole scripts or alphabets on each side)."""
+    if config.dataset == "omniglot":
+        from meta_rl.fewshot.data import load_omniglot, omniglot_split
+
+        if config.data_root is None:
+            raise ConfigError("data_root = None: dataset='omniglot' needs the Omniglot folder")
+        return omniglot_split(load_omniglot(config.data_root, config.image_size))
+    images = load_glyphs(
+        root=config.data_root,
+        image_size=config.image_size,
+        samples_per_class=config.samples_per_class,
+        fonts=config.fonts,
+        scripts=list(config.scripts) or None,
+    )
+    return split_by_group(images, seed=config.split_seed)
+
+
+def mean_ci95(values: np.ndarray | list[float]) -> tuple[float, float]:
+    """Mean and half-width of the normal 95% confidence interval of the mean."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size < 2:
+        return float(v.mean()) if v.size else math.nan, math.nan
+    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(v.size))
+
+
+Predictor = Callable[[Tensor, Tensor, Tensor, int], Tensor]
+"""``(xs, ys, xq, n_way) -> logits [B, N*Q, n_way]``"""
+
+
+@torch.no_grad()
+def evaluate(
+    predict: Predictor, sampler: EpisodeSampler, episodes: int = 600, batch: int = 10
+) -> dict[str, float]:
+    """Accuracy over ``episodes`` episodes of ``sampler``: ``accuracy`` (mean of the per-episode
+    accuracies) and ``ci95`` (half-width of its 95% confidence interval)."""
+    accs: list[float] = []
+    while len(accs) < episodes:
+        b = min(batch, episodes - len(accs))
+        xs, ys, xq, yq = sampler.sample(b)
+        logits = predict(xs, ys, xq, sampler.n_way)
+        accs += (logits.argmax(-1) == yq).float().mean(-1).tolist()
+    acc, ci = mean_ci95(accs)
+    return {"accuracy": acc, "ci95": ci}
+
+
+def _check_episode(xs: Tensor, ys: Tensor, xq: Tensor) -> None:
+    if xs.dim() != 5 or xq.dim() != 5 or ys.shape != xs.shape[:2]:
+        raise ValueError(
+            f"episode shapes xs {tuple(xs.shape)}, ys {tuple(ys.shape)}, xq {tuple(xq.shape)}; "
+            "expected xs [B, N*K, C, H, W], ys [B, N*K], xq [B, N*Q, C, H, W]"
+        )
+
+
+def _embed_episodes(encoder: nn.Module, xs: Tensor, xq: Tensor) -> tuple[Tensor, Tensor]:
+    """Embed support and query of every episode together (batch statistics per episode)."""
+    x = torch.cat([xs, xq], dim=1)
+    z = torch.func.vmap(encoder)(x)
+    return z[:, : xs.shape[1]], z[:, xs.shape[1] :]
+
+
+# ---------------------------------------------------------------------------------------------
+# prototypical networks
+# ---------------------------------------------------------------------------------------------
+def prototypes(z: Tensor, y: Tensor, n_way: int) -> Tensor:
+    """Class means [B, n_way, D] of support embeddings ``z`` [B, M, D] with labels ``y`` [B, M]."""
+    onehot = F.one_hot(y, n_way).to(z.dtype)  # [B, M, N]
+    counts = onehot.sum(1).clamp(min=1.0)
+    return torch.einsum("bmn,bmd->bnd", onehot, z) / counts.unsqueeze(-1)
+
+
+class ProtoNet(nn.Module):
+    """Conv-4 embedding + nearest prototype (squared Euclidean distance)."""
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28) -> None:
+        super().__init__()
+        self.encoder = Conv4(in_channels, hidden, None, image_size)
+
+    def forward(self, xs: Tensor, ys: Tensor, xq: Tensor, n_way: int) -> Tensor:
+        """Logits [B, N*Q, n_way] = minus squared distances of queries to prototypes."""
+        _check_episode(xs, ys, xq)
+        zs, zq = _embed_episodes(self.encoder, xs, xq)
+        return -torch.cdist(zq, prototypes(zs, ys, n_way)).pow(2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Siamese network
+# ---------------------------------------------------------------------------------------------
+def contrastive_loss(d: Tensor, same: Tensor, margin: float = 1.0) -> Tensor:
+    """Contrastive loss of distances ``d`` with pair labels ``same`` (bool), positives and
+    negatives weighted equally (means over each, summed)."""
+    same = same.to(d.dtype)
+    pos = (same * d.pow(2)).sum() / same.sum().clamp(min=1.0)
+    neg = ((1 - same) * F.relu(margin - d).pow(2)).sum() / (1 - same).sum().clamp(min=1.0)
+    return pos + neg
+
+
+class SiameseNet(nn.Module):
+    """Twin Conv-4 embedding (shared weights) with L2-normalised outputs."""
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28) -> None:
+        super().__init__()
+        self.encoder = Conv4(in_channels, hidden, None, image_size)
+
+    def distances(self, xs: Tensor, xq: Tensor) -> Tensor:
+        """Distances [B, N*Q, N*K] between every query and every support image."""
+        zs, zq = _embed_episodes(self.encoder, xs, xq)
+        return torch.cdist(F.normalize(zq, dim=-1), F.normalize(zs, dim=-1))
+
+    def forward(self, xs: Tensor, ys: Tensor, xq: Tensor, n_way: int) -> Tensor:
+        """Logits [B, N*Q, n_way]: minus the distance to the nearest support image of a class."""
+        _check_episode(xs, ys, xq)
+        d = self.distances(xs, xq)
+        onehot = F.one_hot(ys, n_way).bool()  # [B, M, N]
+        masked = d.unsqueeze(-1).masked_fill(~onehot.unsqueeze(1), math.inf)
+        return -masked.amin(dim=2)
+
+
+@torch.no_grad()
+def verification_accuracy(
+    model: SiameseNet, sampler: EpisodeSampler, margin: float, episodes: int = 100
+) -> float:
+    """Balanced accuracy of 'same class iff distance < margin / 2' on episode pairs."""
+    accs = []
+    for _ in range(episodes):
+        xs, ys, xq, yq = sampler.sample(1)
+        same = yq[:, :, None] == ys[:, None, :]
+        pred = model.distances(xs, xq) < margin / 2
+        tpr = (pred & same).sum() / same.sum()
+        tnr = (~pred & ~same).sum() / (~same).sum()
+        accs.append(0.5 * (tpr + tnr).item())
+    return float(np.mean(accs))
+
+
+# ---------------------------------------------------------------------------------------------
+# the episodic training loop both learners share
+# ---------------------------------------------------------------------------------------------
+def resolve_device(device: str) -> torch.device:
+    """ "auto" -> cuda when available, else cpu; "cuda" without CUDA is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device = 'cuda' but CUDA is not available; use 'cpu' or 'auto'")
+    return torch.device(device)
+
+
+def _samplers(
+    config: EpisodicConfig, device: torch.device
+) -> tuple[EpisodeSampler, EpisodeSampler]:
+    splits = glyph_splits(config)
+    train = EpisodeSampler(
+        splits["train"],
+        config.way_train,
+        config.k_shot,
+        config.q_queries,
+        np.random.default_rng([config.seed, 1]),
+        rotations=config.rotations,
+        device=device,
+    )
+    test = EpisodeSampler(
+        splits["test"],
+        config.n_way,
+        config.k_shot,
+        config.q_queries,
+        np.random.default_rng([config.seed, 2]),
+        device=device,
+    )
+    return train, test
+
+
+def _train_episodic(
+    config: EpisodicConfig,
+    run,
+    model: nn.Module,
+    episode_loss: Callable[[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor]],
+    extra_eval: Callable[[EpisodeSampler], dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Adam on ``episode_loss(xs, ys, xq, yq) -> (loss, accuracy)`` over training episodes;
+    evaluation on the test split (fresh, seeded episodes each time)."""
+    from meta_rl.runs import due
+
+    device = resolve_device(config.device)
+    model = model.to(device)
+    train_sampler, test_sampler = _samplers(config, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    # ---- resume ----------------------------------------------------------------------------
+    start = 0
+    ck = run.load_last(device) if run is not None else None
+    if ck is not None:
+        model.load_state_dict(ck.tensors)
+        optimizer.load_state_dict(ck.state["optimizer"])
+        set_rng_state(train_sampler.rng, ck.state["train_rng"])
+        start = ck.step
+
+    def evaluation() -> dict[str, float]:
+        # the same test episodes at every evaluation: a fresh sampler with a fixed seed
+        sampler = EpisodeSampler(
+            test_sampler.imageset,
+            config.n_way,
+            config.k_shot,
+            config.q_queries,
+            np.random.default_rng([config.seed, 2]),
+            device=device,
+        )
+        model.eval()
+        out = evaluate(model, sampler, config.eval_episodes)
+        metrics = {"test_accuracy": out["accuracy"], "test_ci95": out["ci95"]}
+        if extra_eval is not None:
+            metrics.update(extra_eval(sampler))
+        model.train()
+        return metrics
+
+    metrics: dict[str, float] = {}
+    progress = run.progress(config.iterations, start, key="accuracy") if run is not None else None
+    try:
+        for it in range(start, config.iterations):
+            step = it + 1
+            # ---- one update on a batch of training episodes -----------------------------
+            xs, ys, xq, yq = train_sampler.sample(config.meta_batch)
+            loss, acc = episode_loss(xs, ys, xq, yq)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            metrics = {"loss": loss.item(), "accuracy": acc.item()}
+
+            # ---- evaluation, logging, checkpoints ---------------------------------------
+            if due(step, config.eval_every, config.iterations):
+                metrics.update(evaluation())
+            if run is not None and due(step, config.log_every, config.iterations):
+                run.log(step, metrics)
+            if run is not None and due(step, config.checkpoint_every, config.iterations):
+                state = {
+                    "optimizer": optimizer.state_dict(),
+                    "train_rng": rng_state(train_sampler.rng),
+                }
+                run.save(step, model.state_dict(), state)
+    finally:
+        if progress is not None:
+            progress.close()
+    if "test_accuracy" not in metrics:
+        metrics.update(evaluation())
+    log.info(
+        "test accuracy %.4f +- %.4f (%d-way %d-shot, %d episodes)",
+        metrics["test_accuracy"],
+        metrics["test_ci95"],
+        config.n_way,
+        config.k_shot,
+        config.eval_episodes,
+    )
+    return metrics
+
+
+def train_protonet(config: ProtoNetConfig, run=None) -> dict[str, float]:
+    """Train prototypical networks episodically; returns the final metrics."""
+    with seeded(config.seed):
+        model = ProtoNet(1, config.hidden, config.image_size)
+    n_train = config.way_train
+
+    def episode_loss(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
+        logits = model(xs, ys, xq, n_train)
+        loss = F.cross_entropy(logits.flatten(0, 1), yq.flatten())
+        return loss, (logits.argmax(-1) == yq).float().mean()
+
+    return _train_episodic(config, run, model, episode_loss)
+
+
+def train_siamese(config: SiameseConfig, run=None) -> dict[str, float]:
+    """Train a Siamese network with the contrastive loss on episode pairs."""
+    with seeded(config.seed):
+        model = SiameseNet(1, config.hidden, config.image_size)
+    n_train = config.way_train
+
+    def episode_loss(xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor) -> tuple[Tensor, Tensor]:
+        d = model.distances(xs, xq)
+        same = yq[:, :, None] == ys[:, None, :]
+        loss = contrastive_loss(d, same, config.margin)
+        onehot = F.one_hot(ys, n_train).bool()
+        nearest = -d.unsqueeze(-1).masked_fill(~onehot.unsqueeze(1), math.inf).amin(dim=2)
+        return loss, (nearest.argmax(-1) == yq).float().mean()
+
+    def verification(sampler: EpisodeSampler) -> dict[str, float]:
+        return {"test_verification": verification_accuracy(model, sampler, config.margin)}
+
+    return _train_episodic(config, run, model, episode_loss, verification)
