@@ -1,0 +1,545 @@
+"""Gradient-based meta-RL: MAML-TRPO, first-order MAML, Meta-SGD and ProMP-style MAML-PPO.
+
+One training loop (cleanrl style) on a batch of tasks that all step together in one env:
+
+1. sample ``meta_batch`` tasks; the env runs ``episodes_per_task`` rows per task;
+2. *support* episodes with the meta-params ``theta`` (the same for every task), advantages by
+   GAE over the MAML paper's linear feature baseline refit per task;
+3. inner loop: ``inner_steps`` policy-gradient steps per task through
+   :func:`meta_rl.core.inner_update` on stacked per-task params (fresh support episodes after
+   each step, sampled with that step's adapted params);
+4. *query* episodes with the adapted params (each task its own) and their advantages;
+5. outer update of ``theta`` (and, for Meta-SGD, the per-parameter inner step sizes) on the
+   query surrogate of the adapted policies, re-running the inner loop so the meta-gradient flows
+   through it: TRPO (conjugate gradient + KL constraint + line search) or PPO's clipped
+   objective for ``ppo_epochs`` Adam steps (ProMP-style; no KL penalty term).
+
+The inner objective is the likelihood-ratio surrogate ``-mean(exp(logp - logp_sampling) * A)``:
+at the sampling params its gradient is the vanilla policy gradient, and its Hessian carries the
+score-product term the plain ``-mean(logp * A)`` drops (ProMP's "LVC" estimator).
+
+Evaluation adapts on held-out tasks (``eval_split``) and reports the mean episode return before
+adaptation (``eval_return_0``) and after each inner step (``eval_return_1``, ...).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from meta_rl.checkpoint import rng_state, set_rng_state
+from meta_rl.config import BaseConfig, ConfigError, bounds, choice
+from meta_rl.core import Params, expand_params, init_metasgd_lrs, inner_update
+from meta_rl.policies import distributions as D
+from meta_rl.policies.mlp import MLPPolicy, make_mlp_policy
+from meta_rl.rl.ppo import clipped_surrogate
+from meta_rl.rl.rollout import Episodes, compute_advantages, make_env, sample_episodes
+from meta_rl.rl.trpo import trpo_step
+from meta_rl.runs import RunError, due
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "MAMLConfig",
+    "TrainingDiverged",
+    "TaskData",
+    "MetaLearner",
+    "train",
+    "evaluate_adaptation",
+]
+
+LR_PREFIX = "inner_lr/"
+
+
+class TrainingDiverged(RunError):
+    """The loss, the parameters or the KL became NaN/inf or exploded; training stopped."""
+
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+@dataclass
+class MAMLConfig(BaseConfig):
+    """MAML-family meta-RL on a task family (defaults: the MAML paper's 2D navigation)."""
+
+    iterations: int = field(default=50, metadata=bounds(ge=1))
+    """meta-training iterations (outer updates)"""
+    checkpoint_every: int = field(default=25, metadata=bounds(ge=0))
+    """save a checkpoint every this many iterations (0: only at the end)"""
+    eval_every: int = field(default=25, metadata=bounds(ge=0))
+    """evaluate adaptation on held-out tasks every this many iterations (0: only at the end)"""
+    algorithm: Literal["maml", "fomaml", "metasgd"] = field(
+        default="maml", metadata=choice("maml", "fomaml", "metasgd")
+    )
+    """maml (second order), fomaml (first order) or metasgd (learned per-parameter inner lrs)"""
+    outer: Literal["trpo", "ppo"] = field(default="trpo", metadata=choice("trpo", "ppo"))
+    """outer optimiser: trpo (MAML-TRPO) or ppo (clipped objective, ProMP-style)"""
+    env_id: str = "MetaRL/PointNav-v0"
+    """registered task family id"""
+    env_backend: Literal["auto", "batched", "vector"] = field(
+        default="auto", metadata=choice("auto", "batched", "vector")
+    )
+    """auto: the torch-batched env when the family has one, else a Gymnasium SyncVectorEnv"""
+    horizon: int = field(default=0, metadata=bounds(ge=0))
+    """episode length cap (0: the family's own horizon)"""
+    meta_batch: int = field(default=40, metadata=bounds(ge=1))
+    """tasks per meta-iteration"""
+    episodes_per_task: int = field(default=20, metadata=bounds(ge=1))
+    """episodes per task per inner step and for the query batch"""
+    inner_steps: int = field(default=1, metadata=bounds(ge=1))
+    """policy-gradient steps of the inner loop (each on fresh episodes)"""
+    inner_lr: float = field(default=0.1, metadata=bounds(gt=0))
+    """inner step size (Meta-SGD: the initial value of every learned step size)"""
+    hidden: tuple[int, ...] = (64, 64)
+    """hidden layer widths of the MLP policy"""
+    activation: Literal["tanh", "relu"] = field(default="tanh", metadata=choice("tanh", "relu"))
+    """hidden activation"""
+    init_log_std: float = 0.0
+    """initial log standard deviation (Box actions)"""
+    gamma: float = field(default=0.99, metadata=bounds(ge=0, le=1))
+    """discount"""
+    gae_lambda: float = field(default=1.0, metadata=bounds(ge=0, le=1))
+    """GAE lambda (1.0: Monte-Carlo returns minus the baseline, as in the MAML paper)"""
+    baseline: Literal["linear", "none"] = field(default="linear", metadata=choice("linear", "none"))
+    """value baseline: the linear feature baseline refit per task, or none"""
+    normalize_advantages: bool = True
+    """zero-mean, unit-std advantages within each task"""
+    max_kl: float = field(default=0.01, metadata=bounds(gt=0))
+    """TRPO: KL trust region of the adapted policies"""
+    cg_iters: int = field(default=10, metadata=bounds(ge=1))
+    """TRPO: conjugate-gradient iterations"""
+    cg_damping: float = field(default=1e-5, metadata=bounds(ge=0))
+    """TRPO: damping added to the Fisher-vector products"""
+    fisher: Literal["first_order", "full"] = field(
+        default="full", metadata=choice("first_order", "full")
+    )
+    """TRPO: KL metric through the inner update ("full") or with its gradients held constant"""
+    fisher_subsample: int = field(default=4, metadata=bounds(ge=1))
+    """TRPO: Fisher-vector products use every this-many-th query sample"""
+    fisher_tasks: int = field(default=10, metadata=bounds(ge=0))
+    """TRPO: Fisher-vector products use the first this-many tasks of the batch (0: all)"""
+    ls_steps: int = field(default=15, metadata=bounds(ge=1))
+    """TRPO: line-search trials"""
+    ls_ratio: float = field(default=0.8, metadata=bounds(gt=0, lt=1))
+    """TRPO: step shrink factor per line-search trial"""
+    ppo_epochs: int = field(default=5, metadata=bounds(ge=1))
+    """PPO: Adam steps on the clipped objective per meta-iteration"""
+    ppo_clip: float = field(default=0.2, metadata=bounds(gt=0))
+    """PPO: clip range of the likelihood ratio"""
+    ppo_lr: float = field(default=1e-3, metadata=bounds(gt=0))
+    """PPO: Adam learning rate of the meta-params"""
+    abort_kl: float = field(default=1.0, metadata=bounds(gt=0))
+    """stop the run when the KL between sampling and updated adapted policies exceeds this"""
+    eval_tasks: int = field(default=40, metadata=bounds(ge=1))
+    """held-out tasks used by evaluation (fixed by the seed)"""
+    eval_episodes: int = field(default=20, metadata=bounds(ge=1))
+    """episodes per held-out task per adaptation step"""
+    eval_split: Literal["train", "test", "ood"] = field(
+        default="test", metadata=choice("train", "test", "ood")
+    )
+    """task split evaluation samples from"""
+    eval_inner_steps: int = field(default=1, metadata=bounds(ge=1))
+    """inner steps evaluated (returns after 0..eval_inner_steps steps are logged)"""
+
+    def check(self) -> None:
+        if self.algorithm == "metasgd" and self.outer not in ("trpo", "ppo"):
+            raise ConfigError(f"outer={self.outer!r} is not allowed with algorithm='metasgd'")
+        if not self.hidden:
+            raise ConfigError("hidden=() is not allowed; give at least one layer width")
+
+
+# --------------------------------------------------------------------------------------------
+# Per-task data and losses
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TaskData:
+    """Episodes regrouped per task, ``[T, M, ...]`` with ``M = H * E`` samples per task."""
+
+    obs: Tensor
+    actions: Tensor
+    logp: Tensor
+    """log-probabilities under the sampling params (constants)"""
+    advantages: Tensor
+    mask: Tensor
+
+    @classmethod
+    def from_episodes(cls, ep: Episodes, advantages: Tensor) -> TaskData:
+        return cls(
+            ep.by_task(ep.obs),
+            ep.by_task(ep.actions),
+            ep.by_task(ep.logp),
+            ep.by_task(advantages),
+            ep.by_task(ep.mask),
+        )
+
+    def tasks(self, index: slice) -> TaskData:
+        """The tasks ``index`` of the batch."""
+        return TaskData(
+            self.obs[index],
+            self.actions[index],
+            self.logp[index],
+            self.advantages[index],
+            self.mask[index],
+        )
+
+
+def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """[T, M] -> [T]: the mean over each task's unmasked samples."""
+    return (x * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+class MetaLearner:
+    """The meta-parameters (policy, Meta-SGD step sizes) and the adaptation of stacked params.
+
+    ``config`` is a :class:`MAMLConfig` or any config with its adaptation fields (``inner_lr``,
+    ``gamma``, ``gae_lambda``, ``baseline``, ``normalize_advantages``, ``horizon``; e.g.
+    :class:`meta_rl.rl.reptile.ReptileConfig`)."""
+
+    def __init__(self, policy: MLPPolicy, config: Any) -> None:
+        self.policy = policy
+        self.config = config
+        self.theta = policy.params()  # leaves of the module: updates land in the module
+        self.lrs: Params | None = None
+        if getattr(config, "algorithm", None) == "metasgd":
+            self.lrs = init_metasgd_lrs(self.theta, config.inner_lr)
+
+    def outer_params(self) -> Params:
+        """Everything the outer loop updates: the policy params and any learned step sizes."""
+        out = dict(self.theta)
+        if self.lrs is not None:
+            out.update({LR_PREFIX + k: v for k, v in self.lrs.items()})
+        return out
+
+    def split(self, outer: Mapping[str, Tensor]) -> tuple[Params, Any]:
+        theta = {k: v for k, v in outer.items() if not k.startswith(LR_PREFIX)}
+        lrs = {k[len(LR_PREFIX) :]: v for k, v in outer.items() if k.startswith(LR_PREFIX)}
+        return theta, (lrs if lrs else self.config.inner_lr)
+
+    def inner_loss(self, params: Params, data: TaskData) -> Tensor:
+        """[T] likelihood-ratio policy-gradient surrogate of each task (to minimise)."""
+        logp = self.policy.log_prob(params, data.obs, data.actions)
+        ratio = torch.exp(logp - data.logp)
+        return -_masked_task_mean(ratio * data.advantages, data.mask)
+
+    def adapt(
+        self,
+        outer: Mapping[str, Tensor],
+        supports: list[TaskData],
+        num_tasks: int,
+        first_order: bool,
+    ) -> Params:
+        """Stacked per-task params after one inner step on each of ``supports``."""
+        theta, lr = self.split(outer)
+        params = expand_params(theta, num_tasks)
+        for data in supports:
+            params = inner_update(self.inner_loss, params, data, lr, 1, first_order=first_order)
+        return params
+
+
+class OuterProblem:
+    """The outer objective of one meta-iteration: re-adapt from given outer params on the fixed
+    support episodes, then score the adapted policies on the fixed query episodes."""
+
+    def __init__(
+        self, learner: MetaLearner, supports: list[TaskData], query: TaskData, sampled: Params
+    ) -> None:
+        self.learner, self.supports, self.query = learner, supports, query
+        self.first_order = learner.config.algorithm == "fomaml"
+        self.num_tasks = query.obs.shape[0]
+        with torch.no_grad():  # the sampling (adapted) policies' heads, for the KL
+            self.old_head, self.old_log_std = learner.policy.head(sampled, query.obs)
+
+    def fisher_kl(self, outer: Mapping[str, Tensor]) -> Tensor:
+        """The KL whose Hessian is TRPO's metric, on the first ``fisher_tasks`` tasks (a random
+        subset: tasks are i.i.d.) and every ``fisher_subsample``-th query sample."""
+        cfg, policy = self.learner.config, self.learner.policy
+        k = min(cfg.fisher_tasks or self.num_tasks, self.num_tasks)
+        tasks, rows = slice(0, k), slice(None, None, cfg.fisher_subsample)
+        supports = [s.tasks(tasks) for s in self.supports]
+        fo = self.first_order or cfg.fisher == "first_order"
+        adapted = self.learner.adapt(outer, supports, k, first_order=fo)
+        q = self.query.tasks(tasks)
+        head, log_std = policy.head(adapted, q.obs[:, rows])
+        old_log_std = self.old_log_std[tasks] if self.old_log_std is not None else None
+        kl = D.kl(policy.action_space, self.old_head[tasks, rows], old_log_std, head, log_std)
+        return _masked_task_mean(kl, q.mask[:, rows]).mean()
+
+    def logp_and_kl(self, outer: Mapping[str, Tensor], second_order: bool) -> tuple[Tensor, Tensor]:
+        """Query log-probs [T, M] of the re-adapted policies and their mean KL from the sampling
+        ones. ``second_order=False``: a cheap value (no meta-graph, e.g. for a line search)."""
+        policy, q = self.learner.policy, self.query
+        fo = self.first_order or not second_order
+        adapted = self.learner.adapt(outer, self.supports, self.num_tasks, first_order=fo)
+        with torch.set_grad_enabled(second_order):
+            head, log_std = policy.head(adapted, q.obs)
+            logp = D.log_prob(policy.action_space, head, log_std, q.actions)
+            kl = D.kl(policy.action_space, self.old_head, self.old_log_std, head, log_std)
+            kl = _masked_task_mean(kl, q.mask).mean()
+        return logp, kl
+
+    def trpo_objective(
+        self, outer: Mapping[str, Tensor], second_order: bool
+    ) -> tuple[Tensor, Tensor]:
+        """(surrogate loss to minimise, mean KL) for :func:`trpo_step`.
+
+        With ``second_order`` the KL returned is the one whose Hessian TRPO uses as its metric
+        (:meth:`fisher_kl`): ``fisher="full"`` differentiates it through the (second-order)
+        inner update, as the MAML paper's implementation does; ``fisher="first_order"`` holds
+        the inner gradients constant (cheaper, but blind to how a step changes the adaptation:
+        on PointNav it lets the pre-update policy drift until the line search stalls)."""
+        cfg, q = self.learner.config, self.query
+        logp, kl = self.logp_and_kl(outer, second_order)
+        with torch.set_grad_enabled(second_order):
+            ratio = torch.exp(logp - q.logp)
+            loss = -_masked_task_mean(ratio * q.advantages, q.mask).mean()
+        subset = cfg.fisher_subsample > 1 or 0 < cfg.fisher_tasks < self.num_tasks
+        if second_order and (cfg.fisher == "first_order" or subset):
+            kl = self.fisher_kl(outer)
+        return loss, kl
+
+    def ppo_loss(self, outer: Mapping[str, Tensor], clip: float) -> Tensor:
+        """Mean over tasks of PPO's clipped surrogate of each task's adapted policy."""
+        q = self.query
+        logp, _ = self.logp_and_kl(outer, True)
+        per_task = torch.func.vmap(clipped_surrogate, in_dims=(0, 0, 0, None))(
+            logp, q.logp, q.advantages * q.mask, clip
+        )
+        # clipped_surrogate averages over all M samples; rescale to the unmasked ones
+        return (per_task * q.mask.shape[1] / q.mask.sum(1).clamp_min(1.0)).mean()
+
+
+def _stopped(what: str, step: int, detail: str, run: Any) -> TrainingDiverged:
+    where = f" in {run.checkpoint_dir}" if run is not None else ""
+    return TrainingDiverged(
+        f"iteration {step}: {what} ({detail}); training stopped, the last good checkpoint is kept"
+        f"{where}. Lower the step size (max_kl / ppo_lr / inner_lr) or change the seed."
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation: return before and after each inner step on held-out tasks
+# --------------------------------------------------------------------------------------------
+def evaluate_adaptation(
+    learner: MetaLearner,
+    env: Any,
+    tasks: list[Any],
+    steps: int,
+    seed: int,
+) -> list[float]:
+    """Mean episode return on ``tasks`` after 0, 1, ..., ``steps`` inner steps (each step
+    adapts on episodes sampled with the previous step's params). Deterministic given ``seed``."""
+    cfg = learner.config
+    env.set_tasks(tasks)
+    gen = torch.Generator(device=env.device).manual_seed(seed)
+    outer = {k: v.detach() for k, v in learner.outer_params().items()}
+    theta, lr = learner.split(outer)
+    params = expand_params(theta, env.num_tasks)
+    curve = []
+    for k in range(steps + 1):
+        ep = sample_episodes(
+            env, learner.policy, params, gen, seed=seed + k, horizon=cfg.horizon or None
+        )
+        curve.append(ep.task_returns().mean().item())
+        if k < steps:
+            adv = compute_advantages(
+                ep, cfg.gamma, cfg.gae_lambda, cfg.baseline, cfg.normalize_advantages
+            )
+            data = TaskData.from_episodes(ep, adv)
+            params = inner_update(learner.inner_loss, params, data, lr, 1, first_order=True)
+            params = {n: v.detach() for n, v in params.items()}
+    return curve
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
+    """Meta-train per ``config``; ``run`` (a :class:`meta_rl.runs.Run`, or None) gets metrics
+    and checkpoints. Returns the final metrics."""
+    from meta_rl_envs.batched import resolve_device
+
+    cfg = config
+    device = resolve_device(cfg.device)
+    env_kw = {"horizon": cfg.horizon} if cfg.horizon else {}
+    env = make_env(
+        cfg.env_id, cfg.meta_batch, cfg.episodes_per_task, str(device), cfg.env_backend, **env_kw
+    )
+    eval_env = make_env(
+        cfg.env_id, cfg.eval_tasks, cfg.eval_episodes, str(device), cfg.env_backend, **env_kw
+    )
+    task_rng = np.random.default_rng(cfg.seed)
+    action_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    init_gen = torch.Generator().manual_seed(cfg.seed + 1)
+    eval_tasks = eval_env.sample_tasks(cfg.eval_tasks, cfg.seed + 2, cfg.eval_split)
+    policy = make_mlp_policy(
+        env.single_observation_space,
+        env.single_action_space,
+        hidden=cfg.hidden,
+        activation=cfg.activation,
+        init_log_std=cfg.init_log_std,
+        generator=init_gen,
+    ).to(device)
+    learner = MetaLearner(policy, cfg)
+    optimizer = (
+        torch.optim.Adam(list(learner.outer_params().values()), lr=cfg.ppo_lr)
+        if cfg.outer == "ppo"
+        else None
+    )
+
+    def evaluate(step: int) -> dict[str, float]:
+        curve = evaluate_adaptation(
+            learner, eval_env, eval_tasks, cfg.eval_inner_steps, cfg.seed + 3
+        )
+        return {f"eval_return_{k}": v for k, v in enumerate(curve)}
+
+    def snapshot() -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "task_rng": rng_state(task_rng),
+            "action_rng": rng_state(action_gen),
+            "env_steps_total": total_steps,
+        }
+        if optimizer is not None:
+            state["optimizer"] = optimizer.state_dict()
+        return state
+
+    # ---- resume ------------------------------------------------------------------------
+    start = 0
+    ck = run.load_last(device) if run is not None else None
+    if ck is not None:
+        with torch.no_grad():
+            for k, v in learner.outer_params().items():
+                v.copy_(ck.tensors[k])
+        set_rng_state(task_rng, ck.state["task_rng"])
+        set_rng_state(action_gen, ck.state["action_rng"])
+        if optimizer is not None:
+            optimizer.load_state_dict(ck.state["optimizer"])
+        start = ck.step
+    elif run is not None:  # the meta-untrained policy, for reference
+        run.log(0, evaluate(0))
+
+    metrics: dict[str, float] = {}
+    last_saved = start
+    total_steps = float(ck.state.get("env_steps_total", 0.0)) if ck is not None else 0.0
+    progress = run.progress(cfg.iterations, start, "return_post") if run else nullcontext()
+    with progress:
+        for it in range(start, cfg.iterations):
+            step = it + 1
+            t0 = time.perf_counter()
+            before = snapshot()
+            old = {k: v.detach().clone() for k, v in learner.outer_params().items()}
+            outer = learner.outer_params()
+            T = cfg.meta_batch
+
+            # ---- 1. tasks --------------------------------------------------------------
+            env.set_tasks(env.sample_tasks(T, task_rng, "train"))
+            env_seed = int(task_rng.integers(2**31 - 1))
+
+            # ---- 2-3. support episodes and the inner loop (no meta-graph while sampling) -
+            theta, lr = learner.split({k: v.detach() for k, v in outer.items()})
+            params = expand_params(theta, T)
+            supports: list[TaskData] = []
+            returns_pre = 0.0
+            env_steps = 0
+            for k in range(cfg.inner_steps):
+                ep = sample_episodes(env, policy, params, action_gen, seed=env_seed + k)
+                env_steps += ep.num_steps()
+                if k == 0:
+                    returns_pre = ep.task_returns().mean().item()
+                adv = compute_advantages(
+                    ep, cfg.gamma, cfg.gae_lambda, cfg.baseline, cfg.normalize_advantages
+                )
+                supports.append(TaskData.from_episodes(ep, adv))
+                params = inner_update(
+                    learner.inner_loss, params, supports[-1], lr, 1, first_order=True
+                )
+                params = {n: v.detach() for n, v in params.items()}
+
+            # ---- 4. query episodes with the adapted params ------------------------------
+            ep = sample_episodes(env, policy, params, action_gen, seed=env_seed + cfg.inner_steps)
+            env_steps += ep.num_steps()
+            returns_post = ep.task_returns().mean().item()
+            adv = compute_advantages(
+                ep, cfg.gamma, cfg.gae_lambda, cfg.baseline, cfg.normalize_advantages
+            )
+            query = TaskData.from_episodes(ep, adv)
+            problem = OuterProblem(learner, supports, query, params)
+
+            # ---- 5. outer update ----------------------------------------------------------
+            if cfg.outer == "trpo":
+                info = trpo_step(
+                    outer,
+                    problem.trpo_objective,
+                    max_kl=cfg.max_kl,
+                    damping=cfg.cg_damping,
+                    cg_iters=cfg.cg_iters,
+                    ls_steps=cfg.ls_steps,
+                    ls_ratio=cfg.ls_ratio,
+                )
+                loss_v, kl_v = info.loss_after, info.kl
+                extra = {"step_fraction": info.step_fraction, "grad_norm": info.grad_norm}
+            else:
+                assert optimizer is not None
+                for _ in range(cfg.ppo_epochs):
+                    loss = problem.ppo_loss(outer, cfg.ppo_clip)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                _, kl = problem.trpo_objective(outer, False)
+                loss_v, kl_v = loss.item(), kl.item()
+                extra = {}
+
+            # ---- divergence checks (before anything is saved) -----------------------------
+            finite = all(bool(torch.isfinite(v).all()) for v in learner.outer_params().values())
+            trouble = None
+            if not finite or not math.isfinite(loss_v):
+                trouble = ("the loss or the parameters became NaN/inf", f"loss={loss_v}")
+            elif not math.isfinite(kl_v) or kl_v > cfg.abort_kl:
+                trouble = ("the KL exploded", f"kl={kl_v:.4g} > abort_kl={cfg.abort_kl}")
+            if trouble is not None:
+                with torch.no_grad():  # back to the last good state
+                    for k, v in learner.outer_params().items():
+                        v.copy_(old[k])
+                if run is not None and last_saved < it:
+                    run.save(it, dict(old), before)
+                raise _stopped(trouble[0], step, trouble[1], run)
+
+            seconds = time.perf_counter() - t0
+            total_steps += env_steps
+            metrics = {
+                "return_pre": returns_pre,
+                "return_post": returns_post,
+                "loss": loss_v,
+                "kl": kl_v,
+                "env_steps": float(env_steps),
+                "env_steps_total": total_steps,
+                "steps_per_second": env_steps / seconds,
+                **extra,
+            }
+            if "log_std" in learner.theta:
+                metrics["log_std_mean"] = learner.theta["log_std"].mean().item()
+            if learner.lrs is not None:
+                metrics["inner_lr_mean"] = float(
+                    torch.cat([v.detach().reshape(-1) for v in learner.lrs.values()]).mean()
+                )
+            if due(step, cfg.eval_every, cfg.iterations):
+                metrics.update(evaluate(step))
+            log.debug("iteration %d: %s", step, metrics)
+            if run is not None:
+                if due(step, cfg.log_every, cfg.iterations):
+                    run.log(step, metrics)
+                if due(step, cfg.checkpoint_every, cfg.iterations):
+                    tensors = {k: v.detach() for k, v in learner.outer_params().items()}
+                    run.save(step, tensors, snapshot())
+                    last_saved = step
+    if "eval_return_0" not in metrics:
+        metrics.update(evaluate(cfg.iterations))
+    return metrics

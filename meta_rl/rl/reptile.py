@@ -1,0 +1,217 @@
+"""Reptile for policy gradients (Nichol et al. 2018): move the meta-params toward the params
+each task reaches after several inner policy-gradient steps.
+
+One training loop (cleanrl style), all tasks of the meta-batch stepping together in one env:
+
+1. sample ``meta_batch`` tasks;
+2. ``inner_steps`` times: sample ``episodes_per_task`` episodes per task with the current
+   per-task params (stacked), compute advantages (GAE over the linear feature baseline, refit per
+   task), take one policy-gradient step per task through :func:`meta_rl.core.inner_update`;
+3. outer step ``theta += outer_lr * mean_t(adapted_t - theta)``
+   (:func:`meta_rl.core.reptile_update_`), ``outer_lr`` annealed linearly to 0 if asked.
+
+Reptile is first order by construction: no graph through the inner loop is kept. Evaluation is
+the same as MAML's: return before and after ``eval_inner_steps`` steps of size ``inner_lr``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from meta_rl.checkpoint import rng_state, set_rng_state
+from meta_rl.config import BaseConfig, ConfigError, bounds, choice
+from meta_rl.core import expand_params, inner_update, reptile_update_
+from meta_rl.policies.mlp import make_mlp_policy
+from meta_rl.rl.maml import MetaLearner, TaskData, _stopped, evaluate_adaptation
+from meta_rl.rl.rollout import compute_advantages, make_env, sample_episodes
+from meta_rl.runs import due
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ReptileConfig", "train"]
+
+
+@dataclass
+class ReptileConfig(BaseConfig):
+    """Reptile with policy-gradient inner steps (defaults: 2D point navigation)."""
+
+    iterations: int = field(default=50, metadata=bounds(ge=1))
+    """meta-training iterations (outer updates)"""
+    checkpoint_every: int = field(default=25, metadata=bounds(ge=0))
+    """save a checkpoint every this many iterations (0: only at the end)"""
+    eval_every: int = field(default=25, metadata=bounds(ge=0))
+    """evaluate adaptation on held-out tasks every this many iterations (0: only at the end)"""
+    env_id: str = "MetaRL/PointNav-v0"
+    """registered task family id"""
+    env_backend: Literal["auto", "batched", "vector"] = field(
+        default="auto", metadata=choice("auto", "batched", "vector")
+    )
+    """auto: the torch-batched env when the family has one, else a Gymnasium SyncVectorEnv"""
+    horizon: int = field(default=0, metadata=bounds(ge=0))
+    """episode length cap (0: the family's own horizon)"""
+    meta_batch: int = field(default=40, metadata=bounds(ge=1))
+    """tasks per meta-iteration"""
+    episodes_per_task: int = field(default=20, metadata=bounds(ge=1))
+    """episodes per task per inner step"""
+    inner_steps: int = field(default=5, metadata=bounds(ge=1))
+    """policy-gradient steps per task before the outer step (each on fresh episodes)"""
+    inner_lr: float = field(default=0.3, metadata=bounds(gt=0))
+    """inner (and evaluation-time adaptation) step size"""
+    outer_lr: float = field(default=1.0, metadata=bounds(gt=0, le=1))
+    """Reptile's outer step size epsilon (fraction of the way toward the adapted params)"""
+    anneal: bool = True
+    """anneal outer_lr linearly to 0 over the iterations"""
+    hidden: tuple[int, ...] = (64, 64)
+    """hidden layer widths of the MLP policy"""
+    activation: Literal["tanh", "relu"] = field(default="tanh", metadata=choice("tanh", "relu"))
+    """hidden activation"""
+    init_log_std: float = 0.0
+    """initial log standard deviation (Box actions)"""
+    gamma: float = field(default=0.99, metadata=bounds(ge=0, le=1))
+    """discount"""
+    gae_lambda: float = field(default=1.0, metadata=bounds(ge=0, le=1))
+    """GAE lambda"""
+    baseline: Literal["linear", "none"] = field(default="linear", metadata=choice("linear", "none"))
+    """value baseline: the linear feature baseline refit per task, or none"""
+    normalize_advantages: bool = True
+    """zero-mean, unit-std advantages within each task"""
+    eval_tasks: int = field(default=40, metadata=bounds(ge=1))
+    """held-out tasks used by evaluation (fixed by the seed)"""
+    eval_episodes: int = field(default=20, metadata=bounds(ge=1))
+    """episodes per held-out task per adaptation step"""
+    eval_split: Literal["train", "test", "ood"] = field(
+        default="test", metadata=choice("train", "test", "ood")
+    )
+    """task split evaluation samples from"""
+    eval_inner_steps: int = field(default=1, metadata=bounds(ge=1))
+    """inner steps evaluated (returns after 0..eval_inner_steps steps are logged)"""
+
+    def check(self) -> None:
+        if not self.hidden:
+            raise ConfigError("hidden=() is not allowed; give at least one layer width")
+
+
+def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
+    """Meta-train with Reptile; ``run`` (a :class:`meta_rl.runs.Run`, or None) gets metrics and
+    checkpoints. Returns the final metrics."""
+    from meta_rl_envs.batched import resolve_device
+
+    cfg = config
+    device = resolve_device(cfg.device)
+    env_kw = {"horizon": cfg.horizon} if cfg.horizon else {}
+    env = make_env(
+        cfg.env_id, cfg.meta_batch, cfg.episodes_per_task, str(device), cfg.env_backend, **env_kw
+    )
+    eval_env = make_env(
+        cfg.env_id, cfg.eval_tasks, cfg.eval_episodes, str(device), cfg.env_backend, **env_kw
+    )
+    task_rng = np.random.default_rng(cfg.seed)
+    action_gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    eval_tasks = eval_env.sample_tasks(cfg.eval_tasks, cfg.seed + 2, cfg.eval_split)
+    policy = make_mlp_policy(
+        env.single_observation_space,
+        env.single_action_space,
+        hidden=cfg.hidden,
+        activation=cfg.activation,
+        init_log_std=cfg.init_log_std,
+        generator=torch.Generator().manual_seed(cfg.seed + 1),
+    ).to(device)
+    learner = MetaLearner(policy, cfg)
+    theta = learner.theta
+
+    def evaluate() -> dict[str, float]:
+        curve = evaluate_adaptation(
+            learner, eval_env, eval_tasks, cfg.eval_inner_steps, cfg.seed + 3
+        )
+        return {f"eval_return_{k}": v for k, v in enumerate(curve)}
+
+    def snapshot() -> dict[str, Any]:
+        return {"task_rng": rng_state(task_rng), "action_rng": rng_state(action_gen)}
+
+    # ---- resume ------------------------------------------------------------------------
+    start = 0
+    ck = run.load_last(device) if run is not None else None
+    if ck is not None:
+        with torch.no_grad():
+            for k, v in theta.items():
+                v.copy_(ck.tensors[k])
+        set_rng_state(task_rng, ck.state["task_rng"])
+        set_rng_state(action_gen, ck.state["action_rng"])
+        start = ck.step
+    elif run is not None:
+        run.log(0, evaluate())
+
+    metrics: dict[str, float] = {}
+    last_saved = start
+    progress = run.progress(cfg.iterations, start, "return_last") if run else nullcontext()
+    with progress:
+        for it in range(start, cfg.iterations):
+            step = it + 1
+            t0 = time.perf_counter()
+            before = snapshot()
+            old = {k: v.detach().clone() for k, v in theta.items()}
+            T = cfg.meta_batch
+
+            # ---- 1. tasks --------------------------------------------------------------
+            env.set_tasks(env.sample_tasks(T, task_rng, "train"))
+            env_seed = int(task_rng.integers(2**31 - 1))
+
+            # ---- 2. inner policy-gradient steps on fresh episodes, all tasks at once ----
+            params = expand_params({k: v.detach() for k, v in theta.items()}, T)
+            returns, env_steps = [], 0
+            for k in range(cfg.inner_steps):
+                ep = sample_episodes(env, policy, params, action_gen, seed=env_seed + k)
+                env_steps += ep.num_steps()
+                returns.append(ep.task_returns().mean().item())
+                adv = compute_advantages(
+                    ep, cfg.gamma, cfg.gae_lambda, cfg.baseline, cfg.normalize_advantages
+                )
+                data = TaskData.from_episodes(ep, adv)
+                params = inner_update(
+                    learner.inner_loss, params, data, cfg.inner_lr, 1, first_order=True
+                )
+                params = {n: v.detach() for n, v in params.items()}
+
+            # ---- 3. outer step toward the adapted params -------------------------------
+            eps = cfg.outer_lr * (1.0 - it / cfg.iterations if cfg.anneal else 1.0)
+            direction = {k: (params[k] - theta[k].detach()).mean(0) for k in theta}
+            reptile_update_(theta, direction, eps)
+
+            if not all(bool(torch.isfinite(v).all()) for v in theta.values()):
+                with torch.no_grad():
+                    for k, v in theta.items():
+                        v.copy_(old[k])
+                if run is not None and last_saved < it:
+                    run.save(it, old, before)
+                raise _stopped("the parameters became NaN/inf", step, f"outer_lr={eps}", run)
+
+            seconds = time.perf_counter() - t0
+            step_norm = math.sqrt(sum(float(d.square().sum()) for d in direction.values()))
+            metrics = {
+                "return_pre": returns[0],
+                "return_last": returns[-1],  # before the last inner step
+                "outer_lr": eps,
+                "direction_norm": step_norm,
+                "env_steps": float(env_steps),
+                "steps_per_second": env_steps / seconds,
+            }
+            if due(step, cfg.eval_every, cfg.iterations):
+                metrics.update(evaluate())
+            log.debug("iteration %d: %s", step, metrics)
+            if run is not None:
+                if due(step, cfg.log_every, cfg.iterations):
+                    run.log(step, metrics)
+                if due(step, cfg.checkpoint_every, cfg.iterations):
+                    run.save(step, {k: v.detach() for k, v in theta.items()}, snapshot())
+                    last_saved = step
+    if "eval_return_0" not in metrics:
+        metrics.update(evaluate())
+    return metrics

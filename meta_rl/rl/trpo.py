@@ -1,0 +1,144 @@
+"""Trust-region policy optimisation (Schulman et al. 2015) over a dict of parameters.
+
+The step is problem-agnostic: it sees the parameters only through ``objective(params, second_order)
+-> (loss, kl)``, the surrogate loss to *minimise* and the mean KL between the sampling policy
+and the policy at ``params`` (zero at the current params). For MAML-TRPO the objective adapts the
+meta-params on each task's support data first, so the Fisher-vector products differentiate
+through the inner update (second order; ``second_order=False`` asks for a cheap evaluation,
+e.g. during the line search).
+
+1. ``g = d loss / d params``; Fisher-vector products ``F v = d/dparams (d kl/dparams . v)``.
+2. Conjugate gradient solves ``F x = -g`` in ``cg_iters`` products (``damping`` added).
+3. Scale ``x`` to the KL boundary: ``step = sqrt(2 max_kl / x^T F x) * x``.
+4. Backtracking line search: accept the first ``ratio^i * step`` that lowers the loss and keeps
+   ``kl <= max_kl``; otherwise keep the old params.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = ["TRPOInfo", "conjugate_gradient", "trpo_step", "flat", "unflat"]
+
+Objective = Callable[[dict[str, Tensor], bool], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class TRPOInfo:
+    """What one TRPO step did (plain floats)."""
+
+    loss_before: float
+    loss_after: float
+    kl: float
+    step_fraction: float
+    """fraction of the full step accepted (0.0: rejected, params unchanged)"""
+    grad_norm: float
+
+
+def flat(tensors: list[Tensor]) -> Tensor:
+    return torch.cat([t.reshape(-1) for t in tensors])
+
+
+def unflat(vector: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    out, i = {}, 0
+    for k, v in like.items():
+        n = v.numel()
+        out[k] = vector[i : i + n].view_as(v)
+        i += n
+    return out
+
+
+def conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, tol: float = 1e-10
+) -> Tensor:
+    """Approximately solve ``A x = b`` for symmetric positive definite ``A`` given as ``matvec``."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rr = r.dot(r)
+    for _ in range(iters):
+        if rr.item() < tol:
+            break
+        ap = matvec(p)
+        alpha = rr / (p.dot(ap) + 1e-12)
+        x = x + alpha * p
+        r = r - alpha * ap
+        rr_new = r.dot(r)
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    return x
+
+
+def _grads(out: Tensor, leaves: list[Tensor], **kw) -> Tensor:
+    gs = torch.autograd.grad(out, leaves, allow_unused=True, **kw)
+    return flat([torch.zeros_like(v) if g is None else g for v, g in zip(leaves, gs, strict=True)])
+
+
+def _natural_direction(
+    leaves: list[Tensor],
+    objective: Objective,
+    params: Mapping[str, Tensor],
+    damping: float,
+    cg_iters: int,
+) -> tuple[float, Tensor, Tensor, float]:
+    """(loss, gradient, CG solution of F x = -g, 0.5 x^T F x) at the current params."""
+    loss, kl = objective(dict(params), True)
+    g = _grads(loss, leaves, retain_graph=True)
+    kl_grad = _grads(kl, leaves, create_graph=True)
+
+    def fvp(v: Tensor) -> Tensor:
+        return _grads(kl_grad.dot(v), leaves, retain_graph=True) + damping * v
+
+    direction = conjugate_gradient(fvp, -g.detach(), cg_iters)
+    shs = 0.5 * direction.dot(fvp(direction)).item()
+    return loss.item(), g.detach(), direction.detach(), shs
+
+
+def trpo_step(
+    params: Mapping[str, Tensor],
+    objective: Objective,
+    max_kl: float = 0.01,
+    damping: float = 1e-5,
+    cg_iters: int = 10,
+    ls_steps: int = 15,
+    ls_ratio: float = 0.8,
+) -> TRPOInfo:
+    """One TRPO update of the leaf tensors ``params`` in place (see the module docstring)."""
+    if max_kl <= 0:
+        raise ValueError(f"max_kl={max_kl} must be > 0")
+    names = list(params)
+    leaves = [params[k] for k in names]
+    for k, v in params.items():
+        if not v.requires_grad:
+            raise ValueError(f"params[{k!r}] must require grad (a leaf the step updates)")
+
+    # ---- natural gradient direction by conjugate gradient (second-order graph freed after) ---
+    loss_before, g, direction, shs = _natural_direction(
+        leaves, objective, params, damping, cg_iters
+    )
+    if not math.isfinite(shs) or shs <= 0:
+        return TRPOInfo(loss_before, loss_before, 0.0, 0.0, g.norm().item())
+    full_step = direction * math.sqrt(max_kl / shs)
+
+    # ---- backtracking line search ------------------------------------------------------------
+    old = flat([v.detach() for v in leaves]).clone()
+    frac = 1.0
+    for _ in range(ls_steps):
+        trial = unflat(old + frac * full_step, params)
+        with torch.no_grad():
+            for k in names:
+                params[k].copy_(trial[k])
+        new_loss, new_kl = objective(dict(params), False)
+        new_loss_v, new_kl_v = new_loss.item(), new_kl.item()
+        if math.isfinite(new_loss_v) and new_loss_v < loss_before and new_kl_v <= max_kl:
+            return TRPOInfo(loss_before, new_loss_v, new_kl_v, frac, g.norm().item())
+        frac *= ls_ratio
+    with torch.no_grad():  # no acceptable step: restore
+        for k, v in unflat(old, params).items():
+            params[k].copy_(v)
+    return TRPOInfo(loss_before, loss_before, 0.0, 0.0, g.norm().item())
