@@ -5,14 +5,19 @@ Work per meta-iteration (the MAML paper's batch): 40 tasks x 20 episodes x 100 s
 policy-gradient step (support episodes with the meta-params, query episodes with the adapted
 params), then one TRPO step on the query surrogate through the inner update (CG, KL constraint,
 line search). Both contenders run the same config (``MAMLConfig`` defaults unless --set), the
-same returns / linear baseline code and the same ``trpo_step``; they differ in how the tasks run:
+same returns / linear baseline code and the same ``trpo_step``; they differ in how the tasks run
+and in how the Fisher-vector products of the conjugate gradient are formed (the same matrix):
 
 - ours: ``meta_rl.rl.maml.train`` -- all 40 x 20 rows in one torch-batched env, per-task params
-  stacked, policy forward / inner step / meta-objective batched over tasks;
+  stacked, policy forward / inner step / meta-objective batched over tasks; Fisher-vector
+  products in the exact Gauss-Newton form ``J^T M J v`` (``fisher_product="gauss_newton"``:
+  one Jacobian-vector and one vector-Jacobian product through the inner update);
 - loop: a Python loop over tasks, each sampled through a Gymnasium ``SyncVectorEnv`` of 20
   scalar ``PointNavEnv``s, policy forward by ``functional_call`` on that task's params, the inner
   step by a per-task ``torch.autograd.grad`` (pytorch-maml-rl / learn2learn's pattern), and the
-  TRPO objective summed over a loop of tasks.
+  TRPO objective summed over a loop of tasks; Fisher-vector products the usual way, by double
+  backward of the KL's gradient. Both use the same Fisher subsample (``fisher_tasks``,
+  ``fisher_subsample``).
 
 Peer for throughput: SB3 ``PPO("MlpPolicy")`` training on the same family (one PointNav env,
 SB3 defaults), env steps/s of ``model.learn``. Ours: env steps (in-episode steps only) of the
@@ -289,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         "work": (
             f"MAML-TRPO PointNav, {cfg.meta_batch} tasks x {cfg.episodes_per_task} episodes x "
             f"{cfg.horizon or probe_horizon()} steps, {cfg.inner_steps} inner step, "
-            f"hidden {list(cfg.hidden)}, fisher {cfg.fisher}/{cfg.fisher_subsample}"
+            f"hidden {list(cfg.hidden)}, fisher {cfg.fisher}/{cfg.fisher_subsample}, "
+            f"ours {cfg.fisher_product} Fisher products, loop double backward"
         ),
         "threads": args.threads,
         "cpus": os.cpu_count(),

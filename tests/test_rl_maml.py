@@ -22,7 +22,13 @@ from meta_rl.rl.maml import (
     train,
 )
 from meta_rl.rl.rollout import compute_advantages, make_env, sample_episodes
-from meta_rl.rl.trpo import conjugate_gradient, trpo_step
+from meta_rl.rl.trpo import (
+    GaussNewtonKL,
+    conjugate_gradient,
+    gauss_newton_fvp,
+    hessian_fvp,
+    trpo_step,
+)
 from meta_rl.runs import Run
 
 TINY = {
@@ -51,9 +57,9 @@ def one_thread():
 # --------------------------------------------------------------------------------------------
 # the batched meta-objective equals the usual per-task loop
 # --------------------------------------------------------------------------------------------
-def _problem(algorithm):
+def _problem(algorithm, env_id="MetaRL/PointNav-v0"):
     cfg = MAMLConfig(**{**TINY, "algorithm": algorithm, "fisher": "full", "fisher_subsample": 1})
-    env = make_env("MetaRL/PointNav-v0", 3, 4, horizon=15)
+    env = make_env(env_id, 3, 4, horizon=15)
     env.set_tasks(env.sample_tasks(3, 0))
     policy = make_mlp_policy(
         env.single_observation_space,
@@ -111,7 +117,8 @@ def test_batched_meta_gradient_equals_a_per_task_loop(algorithm):
     ref_loss, ref_kl = _loop_objective(learner, support, query, algorithm == "fomaml")
     ref = torch.autograd.grad(ref_loss, leaves)
     torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-4)
-    assert kl.item() < 1e-8 and ref_kl.item() < 1e-8  # at the sampling params
+    assert isinstance(kl, GaussNewtonKL)  # the default metric form
+    assert kl.kl < 1e-8 and ref_kl.item() < 1e-8  # at the sampling params
     for name, a, b in zip(outer, ours, ref, strict=True):
         assert a.abs().sum() > 0, name
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3, msg=name)
@@ -120,6 +127,58 @@ def test_batched_meta_gradient_equals_a_per_task_loop(algorithm):
         fo_loss, _ = fo_problem.trpo_objective(fo_learner.outer_params(), True)
         fo = torch.autograd.grad(fo_loss, list(fo_learner.outer_params().values()))
         assert not torch.allclose(fo[0], ours[0], atol=1e-6)
+
+
+def _problem64(algorithm, env_id="MetaRL/PointNav-v0", **overrides):
+    """``_problem``'s episodes, with the policy, step sizes and data in float64."""
+    learner, _, support, query = _problem(algorithm, env_id)
+    cfg = MAMLConfig(**{**TINY, "algorithm": algorithm, "fisher": "full", **overrides})
+    policy = learner.policy.double()
+    learner = MetaLearner(policy, cfg)
+
+    def cast(d):
+        return TaskData(*(x.double() for x in (d.obs, d.actions, d.logp, d.advantages, d.mask)))
+
+    support, query = cast(support), cast(query)
+    adapted = learner.adapt(learner.outer_params(), [support], 3, first_order=True)
+    adapted = {k: v.detach() for k, v in adapted.items()}
+    return learner, OuterProblem(learner, [support], query, adapted)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "overrides"),
+    [
+        ("maml", {"fisher_subsample": 1, "fisher_tasks": 0}),
+        ("maml", {"fisher_subsample": 2, "fisher_tasks": 2}),
+        ("maml", {"fisher": "first_order"}),
+        ("metasgd", {"fisher_subsample": 3}),
+        ("maml", {"env_id": "MetaRL/CartPole-v0", "fisher_subsample": 2}),  # categorical
+    ],
+)
+def test_gauss_newton_fisher_product_equals_the_double_backward_one(algorithm, overrides):
+    """J^T M J v equals the KL's Hessian-vector product (through the inner update) at the
+    sampling params: the Gauss-Newton form is the same matrix, not an approximation."""
+    learner, problem = _problem64(algorithm, **overrides)
+    outer = learner.outer_params()
+    leaves = list(outer.values())
+    n = sum(v.numel() for v in leaves)
+    assert problem.fisher_kl(outer).item() < 1e-12  # the KL's minimum
+    old = hessian_fvp(problem.fisher_kl(outer), leaves, damping=0.0)
+    new = gauss_newton_fvp(problem.fisher_gauss_newton(outer), leaves, damping=0.0)
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        v = torch.randn(n, generator=gen, dtype=torch.float64)
+        ref = old(v)
+        assert ref.norm() > 1e-6
+        torch.testing.assert_close(new(v), ref, atol=1e-10, rtol=1e-8)
+    # and through trpo_step's objective: the default returns the Gauss-Newton form
+    _, gn = problem.trpo_objective(outer, True)
+    assert isinstance(gn, GaussNewtonKL)
+    torch.testing.assert_close(gauss_newton_fvp(gn, leaves, 0.0)(v), ref, atol=1e-10, rtol=1e-8)
+    learner.config.fisher_product = "hessian"  # the double-backward form, through trpo_step's
+    _, kl = problem.trpo_objective(outer, True)  # objective too
+    assert not isinstance(kl, GaussNewtonKL)
+    torch.testing.assert_close(hessian_fvp(kl, leaves, 0.0)(v), ref, atol=1e-10, rtol=1e-8)
 
 
 # --------------------------------------------------------------------------------------------

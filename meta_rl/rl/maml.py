@@ -43,7 +43,7 @@ from meta_rl.policies import distributions as D
 from meta_rl.policies.mlp import MLPPolicy, make_mlp_policy
 from meta_rl.rl.ppo import clipped_surrogate
 from meta_rl.rl.rollout import Episodes, compute_advantages, make_env, sample_episodes
-from meta_rl.rl.trpo import trpo_step
+from meta_rl.rl.trpo import GaussNewtonKL, trpo_step
 from meta_rl.runs import RunError, due
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,11 @@ class MAMLConfig(BaseConfig):
         default="full", metadata=choice("first_order", "full")
     )
     """TRPO: KL metric through the inner update ("full") or with its gradients held constant"""
+    fisher_product: Literal["gauss_newton", "hessian"] = field(
+        default="gauss_newton", metadata=choice("gauss_newton", "hessian")
+    )
+    """TRPO: Fisher-vector products as J^T M J (one jvp + one vjp) or by double backward of the
+    KL's gradient (the same matrix; the Gauss-Newton form is cheaper)"""
     fisher_subsample: int = field(default=4, metadata=bounds(ge=1))
     """TRPO: Fisher-vector products use every this-many-th query sample"""
     fisher_tasks: int = field(default=10, metadata=bounds(ge=0))
@@ -258,9 +263,11 @@ class OuterProblem:
         with torch.no_grad():  # the sampling (adapted) policies' heads, for the KL
             self.old_head, self.old_log_std = learner.policy.head(sampled, query.obs)
 
-    def fisher_kl(self, outer: Mapping[str, Tensor]) -> Tensor:
-        """The KL whose Hessian is TRPO's metric, on the first ``fisher_tasks`` tasks (a random
-        subset: tasks are i.i.d.) and every ``fisher_subsample``-th query sample."""
+    def _fisher_heads(self, outer: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
+        """(head, log_std, old head, old log_std, mask) of the KL that is TRPO's metric: the
+        first ``fisher_tasks`` tasks (a random subset: tasks are i.i.d.) and every
+        ``fisher_subsample``-th query sample, adapted through the inner update (``fisher="full"``)
+        or with the inner gradients held constant (``fisher="first_order"``)."""
         cfg, policy = self.learner.config, self.learner.policy
         k = min(cfg.fisher_tasks or self.num_tasks, self.num_tasks)
         tasks, rows = slice(0, k), slice(None, None, cfg.fisher_subsample)
@@ -270,8 +277,44 @@ class OuterProblem:
         q = self.query.tasks(tasks)
         head, log_std = policy.head(adapted, q.obs[:, rows])
         old_log_std = self.old_log_std[tasks] if self.old_log_std is not None else None
-        kl = D.kl(policy.action_space, self.old_head[tasks, rows], old_log_std, head, log_std)
-        return _masked_task_mean(kl, q.mask[:, rows]).mean()
+        return head, log_std, self.old_head[tasks, rows], old_log_std, q.mask[:, rows]
+
+    def fisher_kl(self, outer: Mapping[str, Tensor]) -> Tensor:
+        """The KL whose Hessian is TRPO's metric (see :meth:`_fisher_heads`)."""
+        head, log_std, old_head, old_log_std, mask = self._fisher_heads(outer)
+        kl = D.kl(self.learner.policy.action_space, old_head, old_log_std, head, log_std)
+        return _masked_task_mean(kl, mask).mean()
+
+    def fisher_gauss_newton(self, outer: Mapping[str, Tensor]) -> GaussNewtonKL:
+        """The Hessian of :meth:`fisher_kl` at the sampling params, exactly, as ``J^T M J``:
+        ``J`` the Jacobian of the adapted policies' distribution parameters w.r.t. ``outer``,
+        ``M`` the KL's Hessian in those parameters (zero KL gradient there, so no other term):
+        per sample ``diag(1 / sigma^2)`` for the mean and ``2`` for each log-std entry
+        (Gaussian), ``diag(p) - p p^T`` for the logits (categorical), times the sample's
+        weight in the masked task mean and the mean over tasks."""
+        head, log_std, _, _, mask = self._fisher_heads(outer)
+        k = head.shape[0]
+        weight = (mask / mask.sum(1, keepdim=True).clamp_min(1.0) / k).detach()  # [k, rows]
+        if log_std is None:  # categorical logits
+            probs = torch.softmax(head.detach(), dim=-1)
+            w = weight.unsqueeze(-1)
+
+            def metric(vs: list[Tensor]) -> list[Tensor]:
+                (v,) = vs
+                pv = probs * v
+                return [w * (pv - probs * pv.sum(-1, keepdim=True))]
+
+            return GaussNewtonKL([head], metric)
+        w_mean = weight.unsqueeze(-1) * torch.exp(-2.0 * log_std.detach())
+        if log_std.dim() == 3:  # per task [k, 1, d]: summed over the rows it broadcasts to
+            w_log = 2.0 * weight.sum(1).view(k, 1, 1)
+        else:  # shared [d]
+            w_log = 2.0 * weight.sum()
+
+        def metric(vs: list[Tensor]) -> list[Tensor]:
+            return [w_mean * vs[0], w_log * vs[1]]
+
+        return GaussNewtonKL([head, log_std], metric)
 
     def logp_and_kl(self, outer: Mapping[str, Tensor], second_order: bool) -> tuple[Tensor, Tensor]:
         """Query log-probs [T, M] of the re-adapted policies and their mean KL from the sampling
@@ -288,19 +331,25 @@ class OuterProblem:
 
     def trpo_objective(
         self, outer: Mapping[str, Tensor], second_order: bool
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[Tensor, Tensor | GaussNewtonKL]:
         """(surrogate loss to minimise, mean KL) for :func:`trpo_step`.
 
         With ``second_order`` the KL returned is the one whose Hessian TRPO uses as its metric
         (:meth:`fisher_kl`): ``fisher="full"`` differentiates it through the (second-order)
         inner update, as the MAML paper's implementation does; ``fisher="first_order"`` holds
         the inner gradients constant (cheaper, but blind to how a step changes the adaptation:
-        on PointNav it lets the pre-update policy drift until the line search stalls)."""
+        on PointNav it lets the pre-update policy drift until the line search stalls).
+        With ``fisher_product="gauss_newton"`` that metric comes as the equal
+        :class:`GaussNewtonKL` (:meth:`fisher_gauss_newton`) instead of the KL."""
         cfg, q = self.learner.config, self.query
         logp, kl = self.logp_and_kl(outer, second_order)
         with torch.set_grad_enabled(second_order):
             ratio = torch.exp(logp - q.logp)
             loss = -_masked_task_mean(ratio * q.advantages, q.mask).mean()
+        if second_order and cfg.fisher_product == "gauss_newton":
+            gn = self.fisher_gauss_newton(outer)
+            gn.kl = kl.item()
+            return loss, gn
         subset = cfg.fisher_subsample > 1 or 0 < cfg.fisher_tasks < self.num_tasks
         if second_order and (cfg.fisher == "first_order" or subset):
             kl = self.fisher_kl(outer)

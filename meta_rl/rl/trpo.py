@@ -7,7 +7,10 @@ meta-params on each task's support data first, so the Fisher-vector products dif
 through the inner update (second order; ``second_order=False`` asks for a cheap evaluation,
 e.g. during the line search).
 
-1. ``g = d loss / d params``; Fisher-vector products ``F v = d/dparams (d kl/dparams . v)``.
+1. ``g = d loss / d params``; Fisher-vector products ``F v = d/dparams (d kl/dparams . v)``, or,
+   when the objective returns a :class:`GaussNewtonKL` instead of the KL, the equal
+   Gauss-Newton form ``F v = J^T M J v`` (see there; one Jacobian-vector and one vector-Jacobian
+   product per CG iteration instead of a double backward of the KL's gradient).
 2. Conjugate gradient solves ``F x = -g`` in ``cg_iters`` products (``damping`` added).
 3. Scale ``x`` to the KL boundary: ``step = sqrt(2 max_kl / x^T F x) * x``.
 4. Backtracking line search: accept the first ``ratio^i * step`` that lowers the loss and keeps
@@ -23,9 +26,35 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-__all__ = ["TRPOInfo", "conjugate_gradient", "trpo_step", "flat", "unflat"]
+__all__ = [
+    "TRPOInfo",
+    "GaussNewtonKL",
+    "conjugate_gradient",
+    "trpo_step",
+    "hessian_fvp",
+    "gauss_newton_fvp",
+    "flat",
+    "unflat",
+]
 
-Objective = Callable[[dict[str, Tensor], bool], tuple[Tensor, Tensor]]
+
+@dataclass
+class GaussNewtonKL:
+    """The KL's Hessian at the sampling params in Gauss-Newton form ``J^T M J``.
+
+    At the sampling params the KL is at its minimum (zero, zero gradient w.r.t. the action
+    distribution's parameters), so its Hessian w.r.t. the optimised params is exactly
+    ``J^T M J``: ``J`` the Jacobian of the distribution parameters ``outputs`` (e.g. mean and
+    log-std, with their graph to the params) and ``M`` the KL's Hessian in those parameters
+    (the distribution's Fisher, scaled by how the KL averages samples). ``metric`` maps tangent
+    vectors shaped like ``outputs`` to ``M`` times them. ``kl`` is the KL's value (a float)."""
+
+    outputs: list[Tensor]
+    metric: Callable[[list[Tensor]], list[Tensor]]
+    kl: float = 0.0
+
+
+Objective = Callable[[dict[str, Tensor], bool], tuple[Tensor, "Tensor | GaussNewtonKL"]]
 
 
 @dataclass
@@ -79,6 +108,50 @@ def _grads(out: Tensor, leaves: list[Tensor], **kw) -> Tensor:
     return flat([torch.zeros_like(v) if g is None else g for v, g in zip(leaves, gs, strict=True)])
 
 
+def hessian_fvp(kl: Tensor, leaves: list[Tensor], damping: float) -> Callable[[Tensor], Tensor]:
+    """``v -> (d^2 kl / d leaves^2) v + damping v`` by double backward of the KL's gradient."""
+    kl_grad = _grads(kl, leaves, create_graph=True)
+
+    def fvp(v: Tensor) -> Tensor:
+        return _grads(kl_grad.dot(v), leaves, retain_graph=True) + damping * v
+
+    return fvp
+
+
+def gauss_newton_fvp(
+    gn: GaussNewtonKL, leaves: list[Tensor], damping: float
+) -> Callable[[Tensor], Tensor]:
+    """``v -> J^T M J v + damping v`` (see :class:`GaussNewtonKL`).
+
+    ``J v`` by the double-vjp trick: ``u(w) = J^T w`` is built once (linear in a dummy ``w``),
+    then ``J v = d(u(w) . v)/dw``, a backward through ``u``'s graph that touches only the
+    linear (first-derivative) part; ``J^T (M J v)`` is a plain backward through ``outputs``."""
+    outs = gn.outputs
+    ws = [torch.zeros_like(o, requires_grad=True) for o in outs]
+    jt_w = torch.autograd.grad(outs, leaves, grad_outputs=ws, create_graph=True, allow_unused=True)
+    live = [i for i, g in enumerate(jt_w) if g is not None]
+    sizes = [v.numel() for v in leaves]
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+
+    def fvp(v: Tensor) -> Tensor:
+        vs = [v[starts[i] : starts[i] + sizes[i]].view_as(leaves[i]) for i in live]
+        jv = torch.autograd.grad(
+            [jt_w[i] for i in live], ws, grad_outputs=vs, retain_graph=True, allow_unused=True
+        )
+        jv = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, jv, strict=True)]
+        mjv = gn.metric(jv)
+        return _grads_out(outs, leaves, mjv) + damping * v
+
+    return fvp
+
+
+def _grads_out(outs: list[Tensor], leaves: list[Tensor], grad_outputs: list[Tensor]) -> Tensor:
+    gs = torch.autograd.grad(
+        outs, leaves, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True
+    )
+    return flat([torch.zeros_like(v) if g is None else g for v, g in zip(leaves, gs, strict=True)])
+
+
 def _natural_direction(
     leaves: list[Tensor],
     objective: Objective,
@@ -89,10 +162,10 @@ def _natural_direction(
     """(loss, gradient, CG solution of F x = -g, 0.5 x^T F x) at the current params."""
     loss, kl = objective(dict(params), True)
     g = _grads(loss, leaves, retain_graph=True)
-    kl_grad = _grads(kl, leaves, create_graph=True)
-
-    def fvp(v: Tensor) -> Tensor:
-        return _grads(kl_grad.dot(v), leaves, retain_graph=True) + damping * v
+    if isinstance(kl, GaussNewtonKL):
+        fvp = gauss_newton_fvp(kl, leaves, damping)
+    else:
+        fvp = hessian_fvp(kl, leaves, damping)
 
     direction = conjugate_gradient(fvp, -g.detach(), cg_iters)
     shs = 0.5 * direction.dot(fvp(direction)).item()
