@@ -92,6 +92,30 @@ def _grad(name: str, algorithm: str, task: str, summary: str) -> Preset:
     )
 
 
+def _rl2(name: str, overrides: dict[str, Any], summary: str) -> Preset:
+    return Preset(name, "meta_rl.rl.rl2:train", "meta_rl.rl.rl2:RL2Config", overrides, summary)
+
+
+def _maml(name: str, overrides: dict[str, Any], summary: str) -> Preset:
+    return Preset(name, "meta_rl.rl.maml:train", "meta_rl.rl.maml:MAMLConfig", overrides, summary)
+
+
+_CARTPOLE_MAML = {
+    "env_id": "MetaRL/CartPole-v0",
+    "eval_split": "ood",
+    "meta_batch": 20,
+    "episodes_per_task": 10,
+    "iterations": 20,
+    "eval_tasks": 20,
+    "eval_episodes": 10,
+    "eval_every": 5,
+    "checkpoint_every": 5,
+}
+_BANDIT = {"env_id": "MetaRL/Bandit-v0", "env_kwargs": {"k": 5}}
+_TABULAR = {"env_id": "MetaRL/TabularMDP-v0"}
+_NAV = {"env_id": "MetaRL/PointNav-v0", "episodes_per_trial": 2}
+_MANN = {"policy": "memory"}
+
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in [
@@ -130,6 +154,125 @@ PRESETS: dict[str, Preset] = {
             "meta_rl.presets:OracleNavConfig",
             {},
             "REINFORCE on batched PointNav seeing the goal (task-aware baseline; infra check)",
+        ),
+        _maml("maml-trpo-pointnav", {}, "MAML-TRPO on 2D point navigation (Finn et al. 2017)"),
+        _maml("fomaml-trpo-pointnav", {"algorithm": "fomaml"}, "first-order MAML-TRPO, PointNav"),
+        _maml(
+            "maml-ppo-pointnav", {"outer": "ppo"}, "MAML with a clipped PPO outer step, PointNav"
+        ),
+        _maml("metasgd-pointnav", {"algorithm": "metasgd"}, "Meta-SGD (TRPO outer), PointNav"),
+        _maml(
+            "maml-trpo-cartpole",
+            _CARTPOLE_MAML,
+            "MAML-TRPO on CartPole physics (pole length...), evaluated on the ood split",
+        ),
+        Preset(
+            "reptile-pointnav",
+            "meta_rl.rl.reptile:train",
+            "meta_rl.rl.reptile:ReptileConfig",
+            {},
+            "Reptile with policy-gradient inner steps, PointNav",
+        ),
+        _rl2(
+            "rl2-bandits",
+            {
+                **_BANDIT,
+                "episodes_per_trial": 10,
+                "hidden_size": 64,
+                "lr": 0.003,
+                "tasks_per_iteration": 256,
+                "iterations": 300,
+            },
+            "RL^2 (GRU, PPO over trials) on 5-armed Bernoulli bandits, n=10 pulls",
+        ),
+        _rl2(
+            "rl2-bandits-n100",
+            {
+                **_BANDIT,
+                "episodes_per_trial": 100,
+                "hidden_size": 128,
+                "lr": 0.001,
+                "ent_coef": 0.05,
+                "time_feature": True,
+                "reward_scale": 0.05,
+                "tasks_per_iteration": 256,
+                "iterations": 400,
+            },
+            "RL^2 (GRU) on 5-armed Bernoulli bandits, n=100 pulls",
+        ),
+        _rl2(
+            "rl2-tabular",
+            {
+                **_TABULAR,
+                "episodes_per_trial": 10,
+                "hidden_size": 128,
+                "lr": 0.001,
+                "ent_coef": 0.05,
+                "time_feature": True,
+                "reward_scale": 0.05,
+                "iterations": 300,
+            },
+            "RL^2 (GRU) on random tabular MDPs (10 states, 5 actions, T=10), n=10 episodes",
+        ),
+        _rl2(
+            "rl2-tabular-n25",
+            {
+                **_TABULAR,
+                "episodes_per_trial": 25,
+                "hidden_size": 128,
+                "lr": 0.001,
+                "ent_coef": 0.05,
+                "time_feature": True,
+                "reward_scale": 0.02,
+                "iterations": 150,
+            },
+            "RL^2 (GRU) on random tabular MDPs, n=25 episodes",
+        ),
+        _rl2(
+            "rl2-pointnav",
+            {
+                **_NAV,
+                "hidden_size": 64,
+                "lr": 0.002,
+                "lr_final_fraction": 0.25,
+                "init_log_std": -2.3,
+                "reward_scale": 0.1,
+                "tasks_per_iteration": 128,
+                "iterations": 200,
+                "eval_tasks": 500,
+            },
+            "RL^2 (GRU) on 2D point navigation, trials of 2 episodes of 100 steps",
+        ),
+        _rl2(
+            "rl2-mann-bandits",
+            {
+                **_BANDIT,
+                **_MANN,
+                "episodes_per_trial": 10,
+                "hidden_size": 64,
+                "lr": 0.003,
+                "tasks_per_iteration": 256,
+                "iterations": 300,
+            },
+            "RL^2 with a memory-augmented policy (GRU controller + LRUA memory), bandits n=10",
+        ),
+        _rl2(
+            "rl2-mann-pointnav",
+            {
+                **_NAV,
+                **_MANN,
+                "hidden_size": 64,
+                "lr": 0.002,
+                "lr_final_fraction": 0.25,
+                "init_log_std": -2.3,
+                "reward_scale": 0.1,
+                "tasks_per_iteration": 128,
+                "minibatches": 1,
+                "update_epochs": 2,
+                "iterations": 100,
+                "eval_tasks": 500,
+            },
+            "RL^2 with a memory-augmented policy on 2D point navigation, 2 episodes per trial",
         ),
     ]
 }

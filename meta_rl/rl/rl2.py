@@ -1,0 +1,453 @@
+"""RL^2 (Duan et al. 2016): meta-learning by training a recurrent policy over whole trials.
+
+A trial is ``episodes_per_trial`` episodes of one task; the policy sees the previous action,
+reward and done flag and keeps its memory across the episode ends inside the trial
+(:class:`meta_rl_envs.wrappers.BatchedTrialEnv`), so "learning to learn" is ordinary RL on the
+trial. We train with PPO over whole trials:
+
+1. sample ``tasks_per_iteration`` tasks (train split), one trial per row of a batched env;
+2. roll every row through one full trial from a fresh policy state (no gradient);
+3. GAE over the trial: episode ends inside a trial are *not* cut (the value of the next
+   episode's first step bootstraps), only the trial end is terminal;
+4. ``update_epochs`` passes of PPO over minibatches of whole trials, each trial re-unrolled from
+   the initial state (full backpropagation through time).
+
+Evaluation runs one trial on each of ``eval_tasks`` test-split tasks (fixed by the seed) and
+reports the mean total reward of a trial with a 95% confidence interval, beside the reference
+solvers of ``meta_rl_envs.references`` computed in the same run (bandits: Bayes-optimal DP,
+Thompson sampling, UCB1, greedy, random; tabular MDPs: PSRL, the per-MDP optimum, random;
+navigation: standing still, walking straight to the goal).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from meta_rl_envs.batched import resolve_device
+from meta_rl_envs.registry import make_batched
+from meta_rl_envs.wrappers import BatchedTrialEnv
+
+from meta_rl.checkpoint import rng_state, set_rng_state
+from meta_rl.config import BaseConfig, ConfigError, bounds
+from meta_rl.policies import distributions as D
+from meta_rl.policies.recurrent import GRUPolicy, MemoryPolicy, RecurrentPolicy
+from meta_rl.rl.ppo import normalize_advantages, ppo_loss
+from meta_rl.rl.returns import gae
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "RL2Config",
+    "Trials",
+    "evaluate",
+    "make_policy",
+    "make_trial_env",
+    "reference_returns",
+    "rollout",
+    "train",
+]
+
+FAMILY_DEFAULTS = {"MetaRL/Bandit-v0": {"k": 5}}
+
+
+@dataclass
+class RL2Config(BaseConfig):
+    """RL^2 with PPO over whole trials on a batched task family."""
+
+    env_id: str = "MetaRL/Bandit-v0"
+    """registered family id with a batched version (MetaRL/Bandit-v0, MetaRL/TabularMDP-v0,
+    MetaRL/PointNav-v0, ...)"""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """keyword arguments of the batched family (e.g. {"k": 5} arms, {"horizon": 100})"""
+    episodes_per_trial: int = field(default=10, metadata=bounds(ge=1))
+    """episodes of one task in a trial (RL^2's n); the policy's memory lives for a trial"""
+    policy: Literal["gru", "memory"] = "gru"
+    """"gru" (RL^2's GRU policy) or "memory" (recurrent controller + external LRUA memory)"""
+    hidden_size: int = field(default=256, metadata=bounds(ge=1))
+    """GRU / controller hidden units"""
+    embed: int = field(default=0, metadata=bounds(ge=0))
+    """GRU policy only: width of a tanh input embedding before the GRU (0: none)"""
+    memory_slots: int = field(default=32, metadata=bounds(ge=1))
+    """memory policy: rows of the external memory"""
+    memory_width: int = field(default=16, metadata=bounds(ge=1))
+    """memory policy: numbers per memory row"""
+    memory_heads: int = field(default=2, metadata=bounds(ge=1))
+    """memory policy: read/write heads"""
+    controller: Literal["gru", "lstm"] = "gru"
+    """memory policy: the controller cell"""
+    time_feature: bool = False
+    """append the trial's elapsed fraction t / max_trial_length to the policy's input (helps the
+    value head of long trials; not part of RL^2's original input)"""
+    init_log_std: float = -0.5
+    """initial log standard deviation of Gaussian actions (Box action spaces only)"""
+    iterations: int = field(default=300, metadata=bounds(ge=1))
+    """PPO iterations (one batch of trials each)"""
+    tasks_per_iteration: int = field(default=256, metadata=bounds(ge=1))
+    """tasks (train split) sampled per iteration"""
+    envs_per_task: int = field(default=1, metadata=bounds(ge=1))
+    """trials per task per iteration"""
+    lr: float = field(default=1e-3, metadata=bounds(gt=0))
+    """Adam learning rate"""
+    lr_final_fraction: float = field(default=1.0, metadata=bounds(ge=0, le=1))
+    """learning rate at the last iteration as a fraction of `lr` (linear decay; 1: constant)"""
+    gamma: float = field(default=0.99, metadata=bounds(ge=0, le=1))
+    """discount inside a trial (episode ends inside a trial are not cut)"""
+    gae_lambda: float = field(default=0.3, metadata=bounds(ge=0, le=1))
+    """GAE lambda (RL^2 used 0.3)"""
+    update_epochs: int = field(default=4, metadata=bounds(ge=1))
+    """PPO passes over each batch of trials"""
+    minibatches: int = field(default=4, metadata=bounds(ge=1))
+    """minibatches per pass (split over trials; each trial is re-unrolled whole)"""
+    clip: float = field(default=0.2, metadata=bounds(gt=0))
+    """PPO ratio clip"""
+    vf_coef: float = field(default=0.5, metadata=bounds(ge=0))
+    """weight of the value loss"""
+    ent_coef: float = field(default=0.01, metadata=bounds(ge=0))
+    """weight of the entropy bonus at the first iteration"""
+    ent_final_fraction: float = field(default=1.0, metadata=bounds(ge=0, le=1))
+    """entropy weight at the last iteration as a fraction of `ent_coef` (linear decay)"""
+    max_grad_norm: float = field(default=0.5, metadata=bounds(gt=0))
+    """gradient clipping (global norm)"""
+    reward_scale: float = field(default=1.0, metadata=bounds(gt=0))
+    """training rewards are multiplied by this (the policy still observes raw rewards)"""
+    eval_every: int = field(default=50, metadata=bounds(ge=0))
+    """evaluate on test-split tasks every this many iterations (0: only at the end)"""
+    eval_tasks: int = field(default=1000, metadata=bounds(ge=1))
+    """test-split tasks of an evaluation (one trial each; fixed by the seed)"""
+    eval_deterministic: bool = False
+    """evaluate with the most likely action instead of sampling"""
+    references: bool = True
+    """compute the family's reference solvers at the end (same test-task count, same run)"""
+    checkpoint_every: int = field(default=50, metadata=bounds(ge=0))
+    """save a checkpoint every this many iterations (0: only at the end)"""
+    log_every: int = field(default=5, metadata=bounds(ge=1))
+    """write training metrics every this many iterations"""
+    num_threads: int = field(default=0, metadata=bounds(ge=0))
+    """torch CPU threads (0: leave torch's setting)"""
+
+    def check(self) -> None:
+        if self.tasks_per_iteration * self.envs_per_task < self.minibatches:
+            raise ConfigError(
+                f"minibatches = {self.minibatches} is more than the trials per iteration "
+                f"(tasks_per_iteration * envs_per_task = "
+                f"{self.tasks_per_iteration * self.envs_per_task})"
+            )
+        if self.policy == "memory" and self.memory_heads > self.memory_slots:
+            raise ConfigError(
+                f"memory_heads = {self.memory_heads} must be <= memory_slots = {self.memory_slots}"
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# Building blocks
+# --------------------------------------------------------------------------------------------
+def make_trial_env(
+    config: RL2Config, num_tasks: int, envs_per_task: int, device: torch.device
+) -> BatchedTrialEnv:
+    kwargs = {**FAMILY_DEFAULTS.get(config.env_id, {}), **config.env_kwargs}
+    env = make_batched(config.env_id, num_tasks, envs_per_task, device=str(device), **kwargs)
+    return BatchedTrialEnv(env, config.episodes_per_trial)
+
+
+def make_policy(config: RL2Config, env: BatchedTrialEnv, seed: int) -> RecurrentPolicy:
+    """The config's policy for ``env``'s trial observations, initialised from ``seed``."""
+    obs_size = env.single_observation_space.shape[0] + int(config.time_feature)
+    with torch.random.fork_rng(devices=[]):  # seed-determined weights, global RNG untouched
+        torch.manual_seed(seed)
+        if config.policy == "gru":
+            policy: RecurrentPolicy = GRUPolicy(
+                obs_size,
+                env.single_action_space,
+                config.hidden_size,
+                embed=config.embed,
+                init_log_std=config.init_log_std,
+            )
+        else:
+            policy = MemoryPolicy(
+                obs_size,
+                env.single_action_space,
+                config.hidden_size,
+                slots=config.memory_slots,
+                width=config.memory_width,
+                heads=config.memory_heads,
+                controller=config.controller,
+                init_log_std=config.init_log_std,
+            )
+    return policy.to(env.device)
+
+
+@dataclass
+class Trials:
+    """One trial per row, time-major ``[T, N, ...]`` (T = the env's ``max_trial_length``)."""
+
+    obs: torch.Tensor
+    actions: torch.Tensor
+    logps: torch.Tensor
+    values: torch.Tensor
+    rewards: torch.Tensor
+    active: torch.Tensor
+    """the row was inside its trial at this step"""
+    trial_end: torch.Tensor
+    """this step ended the row's trial"""
+
+    def totals(self) -> torch.Tensor:
+        """Total reward of every row's trial: ``[N]``."""
+        return (self.rewards * self.active).sum(0)
+
+
+@torch.no_grad()
+def rollout(
+    env: BatchedTrialEnv,
+    policy: RecurrentPolicy,
+    generator: torch.Generator | None,
+    deterministic: bool = False,
+    time_feature: bool = False,
+) -> Trials:
+    """One full trial on every row, from a fresh policy state (no host-device sync).
+
+    With ``time_feature`` the policy sees ``t / max_trial_length`` appended to each observation
+    (stored in ``Trials.obs`` too)."""
+    obs, _ = env.reset()
+    state = policy.initial_state(env.num_envs, env.device)
+    buf: dict[str, list[torch.Tensor]] = {k: [] for k in Trials.__dataclass_fields__}
+    horizon = env.max_trial_length
+    for t in range(horizon):
+        if time_feature:
+            obs = torch.cat([obs, torch.full_like(obs[:, :1], t / horizon)], dim=-1)
+        action, logp, value, state = policy.act(obs, state, generator, deterministic)
+        next_obs, reward, terminated, truncated, info = env.step(action)
+        for key, val in (
+            ("obs", obs),
+            ("actions", action),
+            ("logps", logp),
+            ("values", value),
+            ("rewards", reward),
+            ("active", info["active"]),
+            ("trial_end", terminated | truncated),
+        ):
+            buf[key].append(val)
+        obs = next_obs
+    return Trials(**{k: torch.stack(v) for k, v in buf.items()})
+
+
+def mean_ci95(x: torch.Tensor | np.ndarray) -> dict[str, float]:
+    """Mean, standard error and 95% confidence half-width (normal approximation)."""
+    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
+    return {"mean": float(x.mean()), "se": se, "ci95": 1.96 * se, "num": len(x)}
+
+
+def evaluate(
+    config: RL2Config,
+    policy: RecurrentPolicy,
+    env: BatchedTrialEnv,
+    seed: int,
+    deterministic: bool | None = None,
+) -> dict[str, float]:
+    """Mean total reward of one trial on each of ``env``'s (test) tasks, with its 95% CI."""
+    gen = torch.Generator(device=env.device).manual_seed(seed)
+    det = config.eval_deterministic if deterministic is None else deterministic
+    env.env.reset(seed=seed)  # the same env noise at every evaluation
+    trials = rollout(env, policy, gen, det, config.time_feature)
+    return mean_ci95(trials.totals())
+
+
+def reference_returns(config: RL2Config, num_tasks: int, seed: int) -> dict[str, dict[str, float]]:
+    """The family's reference solvers over ``num_tasks`` test tasks: name -> mean/se/ci95.
+
+    Families without shipped references return ``{}``."""
+    from meta_rl_envs import references as R
+
+    n = config.episodes_per_trial
+    kw = {**FAMILY_DEFAULTS.get(config.env_id, {}), **config.env_kwargs}
+    out: dict[str, dict[str, float]] = {}
+
+    def put(name: str, est: Any, scale: float = 1.0) -> None:
+        if isinstance(est, R.Estimate):
+            se = est.se * scale
+            out[name] = {"mean": est.mean * scale, "se": se, "ci95": 1.96 * se, "num": est.num}
+        else:
+            out[name] = {"mean": float(est) * scale, "se": 0.0, "ci95": 0.0, "num": 0}
+
+    if config.env_id == "MetaRL/Bandit-v0":
+        k = int(kw.get("k", 5))
+        if n <= 20:
+            put("bayes_optimal", R.bandit_bayes_optimal(n, k))
+        for name in R.BANDIT_POLICIES:
+            put(name, R.bandit_policy(name, n, k, num_tasks, seed))
+    elif config.env_id == "MetaRL/TabularMDP-v0":
+        sizes = {key: kw[key] for key in ("num_states", "num_actions", "horizon") if key in kw}
+        put("psrl", R.tabular_psrl(n, num_tasks, seed, **sizes))
+        put("psrl_prior0", R.tabular_psrl(n, num_tasks, seed, reward_prior_mean=0.0, **sizes))
+        put("oracle", R.tabular_oracle(n, num_tasks, seed, **sizes))
+        put("random", R.tabular_random(n, sizes.get("horizon", 10)))
+    elif config.env_id == "MetaRL/PointNav-v0":
+        nav = {key: kw[key] for key in ("horizon", "max_step", "goal_radius") if key in kw}
+        for name in R.NAV_POLICIES:  # per-episode returns; a trial is n episodes
+            put(name, R.navigation_return(name, num_tasks, seed, **nav), scale=n)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def train(config: RL2Config, run=None) -> dict[str, float]:
+    """RL^2 + PPO over whole trials. ``run`` (a :class:`meta_rl.runs.Run` or ``None``) receives
+    metrics and checkpoints; returns the final metrics (evaluation and references included)."""
+    from meta_rl.runs import due
+
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+
+    # ---- envs, policy, optimizer, generators --------------------------------------------
+    env = make_trial_env(config, config.tasks_per_iteration, config.envs_per_task, device)
+    eval_env = make_trial_env(config, config.eval_tasks, 1, device)
+    eval_env.set_tasks(eval_env.sample_tasks(config.eval_tasks, config.seed + 2, "test"))
+    task_rng = np.random.default_rng(config.seed)
+    action_gen = torch.Generator(device=device).manual_seed(config.seed)
+    env_seed_gen = np.random.default_rng(config.seed + 3)
+    perm_gen = torch.Generator().manual_seed(config.seed + 4)
+    policy = make_policy(config, env, config.seed + 1)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
+    space = env.single_action_space
+
+    # ---- resume --------------------------------------------------------------------------
+    start, env_steps = 0, 0
+    ck = run.load_last(device) if run is not None else None
+    if ck is not None:
+        policy.load_state_dict(ck.tensors)
+        optimizer.load_state_dict(ck.state["optimizer"])
+        set_rng_state(task_rng, ck.state["task_rng"])
+        set_rng_state(action_gen, ck.state["action_rng"])
+        set_rng_state(env_seed_gen, ck.state["env_seed_rng"])
+        set_rng_state(perm_gen, ck.state["perm_rng"])
+        start = ck.step
+        env_steps = int(ck.state["env_steps"])
+
+    def checkpoint(step: int) -> None:
+        if run is None:
+            return
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "task_rng": rng_state(task_rng),
+            "action_rng": rng_state(action_gen),
+            "env_seed_rng": rng_state(env_seed_gen),
+            "perm_rng": rng_state(perm_gen),
+            "env_steps": env_steps,
+        }
+        run.save(step, policy.state_dict(), state)
+
+    def evaluation() -> dict[str, float]:
+        res = evaluate(config, policy, eval_env, config.seed + 5)
+        return {"eval_return": res["mean"], "eval_ci95": res["ci95"]}
+
+    metrics: dict[str, float] = {}
+    start_steps = env_steps
+    sample_time = update_time = 0.0
+    num_rows = env.num_envs
+    mb_size = num_rows // config.minibatches
+    progress = run.progress(config.iterations, start, key="return") if run is not None else None
+    try:
+        for it in range(start, config.iterations):
+            step = it + 1
+            frac = it / max(config.iterations - 1, 1)
+            lr = config.lr * (1.0 - frac * (1.0 - config.lr_final_fraction))
+            ent_coef = config.ent_coef * (1.0 - frac * (1.0 - config.ent_final_fraction))
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+
+            # ---- 1. sample tasks; 2. one whole trial per row ----------------------------
+            t0 = time.perf_counter()
+            env.set_tasks(env.sample_tasks(config.tasks_per_iteration, task_rng, "train"))
+            env.env.reset(seed=int(env_seed_gen.integers(2**31)))
+            trials = rollout(env, policy, action_gen, time_feature=config.time_feature)
+            env_steps += env.max_trial_length * num_rows
+
+            # ---- 3. GAE across episode ends inside a trial; cut only at trial ends ------
+            with torch.no_grad():
+                rewards = trials.rewards * config.reward_scale
+                next_values = torch.cat([trials.values[1:], torch.zeros_like(trials.values[:1])])
+                cut = trials.trial_end | ~trials.active
+                advantages = gae(
+                    rewards, trials.values, next_values, cut, cut, config.gamma, config.gae_lambda
+                )
+                returns = advantages + trials.values
+            t1 = time.perf_counter()
+
+            # ---- 4. PPO epochs over minibatches of whole trials (full BPTT) -------------
+            mask = trials.active
+            for _ in range(config.update_epochs):
+                perm = torch.randperm(num_rows, generator=perm_gen).to(device)
+                for b in range(config.minibatches):
+                    rows = perm[b * mb_size : (b + 1) * mb_size]
+                    m = mask[:, rows]
+                    head, values, _ = policy.unroll(
+                        trials.obs[:, rows], policy.initial_state(len(rows), device)
+                    )
+                    logp = D.log_prob(space, head, policy.log_std, trials.actions[:, rows])
+                    entropy = D.entropy(space, head, policy.log_std)
+                    adv = normalize_advantages(advantages[:, rows][m])
+                    loss, info = ppo_loss(
+                        logp[m],
+                        trials.logps[:, rows][m],
+                        adv,
+                        values[m],
+                        trials.values[:, rows][m],
+                        returns[:, rows][m],
+                        entropy[m],
+                        config.clip,
+                        config.vf_coef,
+                        ent_coef,
+                    )
+                    optimizer.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+                    optimizer.step()
+            t2 = time.perf_counter()
+            sample_time += t1 - t0
+            update_time += t2 - t1
+
+            # ---- logging, evaluation, checkpoints ----------------------------------------
+            metrics = {
+                "return": float(trials.totals().mean()),
+                "policy_loss": info.policy_loss,
+                "value_loss": info.value_loss,
+                "entropy": info.entropy,
+                "approx_kl": info.approx_kl,
+                "clip_fraction": info.clip_fraction,
+                "env_steps": float(env_steps),
+                "env_steps_per_s": (env_steps - start_steps) / max(sample_time + update_time, 1e-9),
+            }
+            if due(step, config.eval_every, config.iterations):
+                metrics.update(evaluation())
+            if run is not None and due(step, config.log_every, config.iterations):
+                run.log(step, metrics)
+            elif due(step, config.log_every, config.iterations):
+                log.info(
+                    "iteration %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
+                )
+            if due(step, config.checkpoint_every, config.iterations):
+                checkpoint(step)
+    finally:
+        if progress is not None:
+            progress.close()
+
+    # ---- final evaluation beside the references ------------------------------------------
+    if "eval_return" not in metrics:
+        metrics.update(evaluation())
+    final = dict(metrics)
+    other = evaluate(config, policy, eval_env, config.seed + 5, not config.eval_deterministic)
+    tag = "sampled" if config.eval_deterministic else "mode"
+    final[f"eval_return_{tag}"], final[f"eval_ci95_{tag}"] = other["mean"], other["ci95"]
+    if config.references:
+        for name, est in reference_returns(config, config.eval_tasks, config.seed + 2).items():
+            final[f"ref_{name}"] = est["mean"]
+            final[f"ref_{name}_ci95"] = est["ci95"]
+    return final
