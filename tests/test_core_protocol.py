@@ -4,7 +4,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-
 from meta_rl_envs import Choice, Task, TaskDistribution, TaskError, TaskSpace, Uniform
 from meta_rl_envs.core import TEST_FRACTION
 

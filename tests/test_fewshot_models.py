@@ -276,6 +276,29 @@ def glyph_root(tmp_path_factory) -> str:
     return str(root)
 
 
+def test_every_glyph_learner_holds_out_the_same_scripts(glyph_root):
+    """Gradient learners, ProtoNet, Siamese and MANN share one script split: it depends on
+    ``split_seed`` only, never on the run's ``seed``."""
+    from meta_rl.fewshot.gradient import GradientFewShotConfig
+    from meta_rl.fewshot.mann import MANNConfig
+    from meta_rl.fewshot.metric import ProtoNetConfig, SiameseConfig, glyph_splits
+
+    data = {**GLYPHS, "data_root": glyph_root}
+    configs = [
+        ProtoNetConfig(seed=0, q_queries=5, **data),
+        SiameseConfig(seed=1, **data),
+        MANNConfig(seed=2, length=20, **data),
+        GradientFewShotConfig(task="glyphs", seed=3, k_shot=1, q_queries=5, **data),
+        GradientFewShotConfig(task="glyphs", seed=4, k_shot=1, q_queries=5, **data),
+    ]
+    held_out = [sorted(glyph_splits(c)["test"].groups) for c in configs]
+    assert all(h == held_out[0] for h in held_out), held_out
+    other = glyph_splits(
+        GradientFewShotConfig(task="glyphs", split_seed=1, k_shot=1, q_queries=5, **data)
+    )
+    assert sorted(other["test"].groups) != held_out[0]
+
+
 def test_protonet_trainer_on_held_out_scripts(glyph_root, tmp_path):
     from meta_rl.fewshot.metric import ProtoNetConfig, glyph_splits, train_protonet
     from meta_rl.runs import Run

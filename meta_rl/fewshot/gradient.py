@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from meta_rl.checkpoint import rng_state, set_rng_state
-from meta_rl.config import BaseConfig, ConfigError, bounds
+from meta_rl.config import ConfigError, bounds
 from meta_rl.core import (
     MetaLoss,
     Params,
@@ -37,11 +37,11 @@ from meta_rl.core import (
     init_metasgd_lrs,
     linear_chain_weights,
     maml_loss,
-    register_linear_chain,
     reptile_direction,
     reptile_update_,
     tune_cpu_allocator,
 )
+from meta_rl.fewshot.metric import GlyphData, glyph_splits, mean_ci95
 from meta_rl.fewshot.models import MLP, Conv4
 from meta_rl.fewshot.sinusoid import SinusoidFamily
 
@@ -49,16 +49,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["GradientFewShotConfig", "train", "build_task", "init_module_"]
 
-# MLP.forward is its Sequential `net` (plus an input check): let the core run it as batched
-# matrix products over per-task weights.
-register_linear_chain(MLP, lambda m: ("net.", m.net))
-
 _SINE_INNER_LR, _GLYPH_INNER_LR = 0.01, 0.4
 
 
 @dataclass
-class GradientFewShotConfig(BaseConfig):
-    """MAML-family few-shot learning on sinusoids or glyphs."""
+class GradientFewShotConfig(GlyphData):
+    """MAML-family few-shot learning on sinusoids or glyphs (the glyph data fields and their
+    script split are those of every glyph learner: :class:`meta_rl.fewshot.metric.GlyphData`)."""
 
     algorithm: Literal["maml", "fomaml", "metasgd", "anil", "reptile"] = "maml"
     """outer objective: maml (second order), fomaml, metasgd (learned per-parameter inner lrs),
@@ -94,12 +91,10 @@ class GradientFewShotConfig(BaseConfig):
     """sinusoid MLP hidden widths"""
     conv_hidden: int = field(default=64, metadata=bounds(ge=1))
     """glyphs: Conv-4 channels"""
-    image_size: int = field(default=28, metadata=bounds(ge=16))
-    """glyphs: image side in pixels"""
-    glyph_fonts: str = "dejavu"
-    """glyphs: font set for meta_rl.fewshot.data.load_glyphs ("dejavu" or "noto")"""
     eval_tasks: int = field(default=100, metadata=bounds(ge=1))
-    """held-out tasks per evaluation"""
+    """held-out tasks per evaluation (metrics are their mean, with a 95% CI)"""
+    eval_chunk: int = field(default=50, metadata=bounds(ge=1))
+    """held-out tasks adapted at once during evaluation (bounds the memory it needs)"""
     eval_queries: int = field(default=100, metadata=bounds(ge=1))
     """query points per held-out sinusoid task (glyphs use q_queries per class)"""
     eval_inner_steps: int = field(default=10, metadata=bounds(ge=1))
@@ -112,6 +107,11 @@ class GradientFewShotConfig(BaseConfig):
     def check(self) -> None:
         if self.task == "sine" and self.hidden and min(self.hidden) < 1:
             raise ConfigError(f"hidden = {self.hidden!r} is not allowed: widths must be >= 1")
+        if self.task == "glyphs" and self.samples_per_class < self.k_shot + self.q_queries:
+            raise ConfigError(
+                f"samples_per_class = {self.samples_per_class} must be >= k_shot + q_queries "
+                f"= {self.k_shot + self.q_queries} for task='glyphs'"
+            )
 
     @property
     def step_size(self) -> float:
@@ -202,10 +202,9 @@ def _sine_task(config: GradientFewShotConfig, gen: torch.Generator, device: torc
 
 
 def _glyph_task(config: GradientFewShotConfig, gen: torch.Generator, device: torch.device):
-    from meta_rl.fewshot.data import EpisodeSampler, load_glyphs, split_by_group
+    from meta_rl.fewshot.data import EpisodeSampler
 
-    images = load_glyphs(image_size=config.image_size, fonts=config.glyph_fonts)
-    splits = split_by_group(images, seed=config.seed)
+    splits = glyph_splits(config)  # the same held-out scripts as every glyph learner
     np_rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
     train_sampler = EpisodeSampler(
         splits["train"], config.n_way, config.k_shot, config.q_queries, np_rng, device=device
@@ -260,21 +259,48 @@ def _concat(a: tuple[Tensor, Tensor], b: tuple[Tensor, Tensor]) -> tuple[Tensor,
 # Evaluation
 # --------------------------------------------------------------------------------------------
 def evaluate(
-    task: FewShotTask, params: Params, lr: Any, steps: int, prefix: str = "eval"
+    task: FewShotTask,
+    params: Params,
+    lr: Any,
+    steps: int,
+    prefix: str = "eval",
+    adapt: list[str] | None = None,
+    chunk: int = 50,
 ) -> dict[str, float]:
-    """Held-out post-adaptation loss and metric after 0..``steps`` inner steps."""
+    """Held-out post-adaptation loss and metric after 0..``steps`` inner steps (adapting
+    ``adapt`` only, e.g. ANIL's head): mean over the held-out tasks and the half-width of its
+    95% confidence interval (``..._ci95``). Tasks are adapted ``chunk`` at a time."""
     support, query = task.eval_batch
-    losses = adaptation_curve(
-        task.loss_fn, params, support, query, lr, steps, factored=task.factored
-    )
-    out = {f"{prefix}/loss_step{k}": float(v.mean()) for k, v in enumerate(losses)}
-    if task.metric != "mse":
-        scores = adaptation_curve(
-            task.loss_fn, params, support, query, lr, steps, task.metric_fn, factored=task.factored
+    tasks = support[0].shape[0]
+
+    def score(fast: Params, data: tuple[Tensor, Tensor]) -> Tensor:  # [T, 2]: loss, metric
+        loss = task.loss_fn(fast, data)
+        metric = loss if task.metric == "mse" else task.metric_fn(fast, data)
+        return torch.stack([loss, metric], dim=-1)
+
+    per_task: list[Tensor] = []  # chunks of [steps + 1, T, 2]
+    for lo in range(0, tasks, chunk):
+        part = slice(lo, lo + chunk)
+        curve = adaptation_curve(
+            task.loss_fn,
+            params,
+            tuple(t[part] for t in support),
+            tuple(t[part] for t in query),
+            lr,
+            steps,
+            score,
+            adapt,
+            task.factored,
         )
-        out.update(
-            {f"{prefix}/{task.metric}_step{k}": float(v.mean()) for k, v in enumerate(scores)}
-        )
+        per_task.append(torch.stack(curve))
+    scores = torch.cat(per_task, dim=1).cpu().numpy()
+    names = ["loss"] if task.metric == "mse" else ["loss", task.metric]
+    out: dict[str, float] = {}
+    for k in range(steps + 1):
+        for j, name in enumerate(names):
+            mean, ci = mean_ci95(scores[k, :, j])
+            out[f"{prefix}/{name}_step{k}"] = mean
+            out[f"{prefix}/{name}_step{k}_ci95"] = ci
     return out
 
 
@@ -292,7 +318,14 @@ def pretrained_baseline(config: GradientFewShotConfig, device: torch.device) -> 
         opt.zero_grad()
         shared_loss.backward()
         opt.step()
-    return evaluate(task, params, config.step_size, config.eval_inner_steps, prefix="baseline")
+    return evaluate(
+        task,
+        params,
+        config.step_size,
+        config.eval_inner_steps,
+        prefix="baseline",
+        chunk=config.eval_chunk,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +354,7 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
         lrs = init_metasgd_lrs(params, config.step_size)
         lr = lrs
     adapt = task.head if algo == "anil" else None
+    chunk = config.eval_chunk
     opt = torch.optim.Adam([*params.values(), *lrs.values()], lr=config.outer_lr, fused=True)
 
     start = 0
@@ -390,11 +424,11 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
                 )
             log(step, metrics)
         if config.eval_every and step % config.eval_every == 0 and step != config.iterations:
-            log(step, evaluate(task, params, lr, config.eval_inner_steps))
+            log(step, evaluate(task, params, lr, config.eval_inner_steps, "eval", adapt, chunk))
         if config.checkpoint_every and step % config.checkpoint_every == 0:
             save(step)
 
-    final = evaluate(task, params, lr, config.eval_inner_steps)
+    final = evaluate(task, params, lr, config.eval_inner_steps, "eval", adapt, chunk)
     if config.task == "sine" and config.baseline:
         final.update(pretrained_baseline(config, device))
     final["train/seconds"] = time.perf_counter() - t0

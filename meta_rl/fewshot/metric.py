@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "EpisodicConfig",
+    "GlyphData",
     "GlyphDataConfig",
     "ProtoNet",
     "ProtoNetConfig",
@@ -54,17 +55,11 @@ __all__ = [
 # configs
 # ---------------------------------------------------------------------------------------------
 @dataclass
-class GlyphDataConfig(BaseConfig):
-    """The image set and its split by script (shared by the metric learners and MANN)."""
+class GlyphData(BaseConfig):
+    """The image set and its split by script: the one data piece every glyph learner shares
+    (ProtoNet, Siamese, MANN, and the gradient learners of meta_rl.fewshot.gradient), so the
+    same ``split_seed`` gives every learner the same held-out scripts."""
 
-    iterations: int = field(default=2000, metadata=bounds(ge=1))
-    """number of optimizer updates"""
-    eval_every: int = field(default=500, metadata=bounds(ge=0))
-    """evaluate on the test scripts every this many updates (0: only at the end)"""
-    checkpoint_every: int = field(default=500, metadata=bounds(ge=0))
-    """save a checkpoint every this many updates (0: only at the end)"""
-    log_every: int = field(default=10, metadata=bounds(ge=1))
-    """write training metrics every this many updates"""
     dataset: str = field(default="glyphs", metadata=choice("glyphs", "omniglot"))
     """'glyphs' (rendered from fonts, split by script) or 'omniglot' (local folder data_root;
     background alphabets train, evaluation alphabets test)"""
@@ -82,6 +77,20 @@ class GlyphDataConfig(BaseConfig):
     split_seed: int = 0
     """seed of the script split train/val/test = 0.6/0.2/0.2 of the classes (kept apart from
     ``seed`` so runs of different seeds share the test scripts)"""
+
+
+@dataclass
+class GlyphDataConfig(GlyphData):
+    """The glyph data plus the schedule and optimizer of the metric learners and MANN."""
+
+    iterations: int = field(default=2000, metadata=bounds(ge=1))
+    """number of optimizer updates"""
+    eval_every: int = field(default=500, metadata=bounds(ge=0))
+    """evaluate on the test scripts every this many updates (0: only at the end)"""
+    checkpoint_every: int = field(default=500, metadata=bounds(ge=0))
+    """save a checkpoint every this many updates (0: only at the end)"""
+    log_every: int = field(default=10, metadata=bounds(ge=1))
+    """write training metrics every this many updates"""
     rotations: bool = False
     """augment training classes by random quarter turns"""
     lr: float = field(default=1e-3, metadata=bounds(gt=0))
@@ -144,7 +153,7 @@ class SiameseConfig(EpisodicConfig):
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-def glyph_splits(config: GlyphDataConfig) -> dict[str, ImageSet]:
+def glyph_splits(config: GlyphData) -> dict[str, ImageSet]:
     """The train / test image sets of ``config`` (whole scripts or alphabets on each side)."""
     if config.dataset == "omniglot":
         from meta_rl.fewshot.data import load_omniglot, omniglot_split

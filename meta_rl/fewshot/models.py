@@ -13,6 +13,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
+from meta_rl.core.functional import register_linear_chain
+
 __all__ = ["MLP", "Conv4", "conv4_feature_size", "seeded"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
@@ -46,6 +48,11 @@ class MLP(nn.Module):
                 f"input has shape {tuple(x.shape)}; last dimension must be {self.sizes[0]}"
             )
         return self.net(x)
+
+
+# MLP.forward is its Sequential `net` (plus an input check): every user of MLP gets the
+# meta-core's fast path, batched matrix products over per-task weights (see batched_call).
+register_linear_chain(MLP, lambda m: ("net.", m.net))
 
 
 def conv4_feature_size(hidden: int, image_size: int) -> int:
