@@ -148,7 +148,6 @@ def test_train_writes_a_run_folder_and_resumes_exactly(tmp_path):
     assert resumed["eval/loss_step0"] == final["eval/loss_step0"]
 
 
-@pytest.mark.slow
 def test_maml_glyphs_five_way_one_shot_on_held_out_scripts():
     """MAML reaches >= 60% 5-way 1-shot accuracy on held-out scripts (chance: 20%)."""
     torch.set_num_threads(1)
