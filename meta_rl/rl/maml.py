@@ -68,8 +68,9 @@ class TrainingDiverged(RunError):
 # Config
 # --------------------------------------------------------------------------------------------
 @dataclass
-class MAMLConfig(BaseConfig):
-    """MAML-family meta-RL on a task family (defaults: the MAML paper's 2D navigation)."""
+class MetaPGConfig(BaseConfig):
+    """What every meta-policy-gradient trainer shares (MAML family, Reptile): the task family,
+    the meta-batch, the inner policy-gradient step, the policy, advantages and evaluation."""
 
     iterations: int = field(default=50, metadata=bounds(ge=1))
     """meta-training iterations (outer updates)"""
@@ -77,12 +78,6 @@ class MAMLConfig(BaseConfig):
     """save a checkpoint every this many iterations (0: only at the end)"""
     eval_every: int = field(default=25, metadata=bounds(ge=0))
     """evaluate adaptation on held-out tasks every this many iterations (0: only at the end)"""
-    algorithm: Literal["maml", "fomaml", "metasgd"] = field(
-        default="maml", metadata=choice("maml", "fomaml", "metasgd")
-    )
-    """maml (second order), fomaml (first order) or metasgd (learned per-parameter inner lrs)"""
-    outer: Literal["trpo", "ppo"] = field(default="trpo", metadata=choice("trpo", "ppo"))
-    """outer optimiser: trpo (MAML-TRPO) or ppo (clipped objective, ProMP-style)"""
     env_id: str = "MetaRL/PointNav-v0"
     """registered task family id"""
     env_backend: Literal["auto", "batched", "vector"] = field(
@@ -94,7 +89,7 @@ class MAMLConfig(BaseConfig):
     meta_batch: int = field(default=40, metadata=bounds(ge=1))
     """tasks per meta-iteration"""
     episodes_per_task: int = field(default=20, metadata=bounds(ge=1))
-    """episodes per task per inner step and for the query batch"""
+    """episodes per task per inner step (MAML: also for the query batch)"""
     inner_steps: int = field(default=1, metadata=bounds(ge=1))
     """policy-gradient steps of the inner loop (each on fresh episodes)"""
     inner_lr: float = field(default=0.1, metadata=bounds(gt=0))
@@ -113,6 +108,32 @@ class MAMLConfig(BaseConfig):
     """value baseline: the linear feature baseline refit per task, or none"""
     normalize_advantages: bool = True
     """zero-mean, unit-std advantages within each task"""
+    eval_tasks: int = field(default=40, metadata=bounds(ge=1))
+    """held-out tasks used by evaluation (fixed by the seed)"""
+    eval_episodes: int = field(default=20, metadata=bounds(ge=1))
+    """episodes per held-out task per adaptation step"""
+    eval_split: Literal["train", "test", "ood"] = field(
+        default="test", metadata=choice("train", "test", "ood")
+    )
+    """task split evaluation samples from"""
+    eval_inner_steps: int = field(default=1, metadata=bounds(ge=1))
+    """inner steps evaluated (returns after 0..eval_inner_steps steps are logged)"""
+
+    def check(self) -> None:
+        if not self.hidden:
+            raise ConfigError("hidden=() is not allowed; give at least one layer width")
+
+
+@dataclass
+class MAMLConfig(MetaPGConfig):
+    """MAML-family meta-RL on a task family (defaults: the MAML paper's 2D navigation)."""
+
+    algorithm: Literal["maml", "fomaml", "metasgd"] = field(
+        default="maml", metadata=choice("maml", "fomaml", "metasgd")
+    )
+    """maml (second order), fomaml (first order) or metasgd (learned per-parameter inner lrs)"""
+    outer: Literal["trpo", "ppo"] = field(default="trpo", metadata=choice("trpo", "ppo"))
+    """outer optimiser: trpo (MAML-TRPO) or ppo (clipped objective, ProMP-style)"""
     max_kl: float = field(default=0.01, metadata=bounds(gt=0))
     """TRPO: KL trust region of the adapted policies"""
     cg_iters: int = field(default=10, metadata=bounds(ge=1))
@@ -144,22 +165,11 @@ class MAMLConfig(BaseConfig):
     """PPO: Adam learning rate of the meta-params"""
     abort_kl: float = field(default=1.0, metadata=bounds(gt=0))
     """stop the run when the KL between sampling and updated adapted policies exceeds this"""
-    eval_tasks: int = field(default=40, metadata=bounds(ge=1))
-    """held-out tasks used by evaluation (fixed by the seed)"""
-    eval_episodes: int = field(default=20, metadata=bounds(ge=1))
-    """episodes per held-out task per adaptation step"""
-    eval_split: Literal["train", "test", "ood"] = field(
-        default="test", metadata=choice("train", "test", "ood")
-    )
-    """task split evaluation samples from"""
-    eval_inner_steps: int = field(default=1, metadata=bounds(ge=1))
-    """inner steps evaluated (returns after 0..eval_inner_steps steps are logged)"""
 
     def check(self) -> None:
+        super().check()
         if self.algorithm == "metasgd" and self.outer not in ("trpo", "ppo"):
             raise ConfigError(f"outer={self.outer!r} is not allowed with algorithm='metasgd'")
-        if not self.hidden:
-            raise ConfigError("hidden=() is not allowed; give at least one layer width")
 
 
 # --------------------------------------------------------------------------------------------

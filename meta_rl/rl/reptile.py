@@ -21,16 +21,16 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from meta_rl.checkpoint import rng_state, set_rng_state
-from meta_rl.config import BaseConfig, ConfigError, bounds, choice
+from meta_rl.config import bounds
 from meta_rl.core import expand_params, inner_update, reptile_update_
 from meta_rl.policies.mlp import make_mlp_policy
-from meta_rl.rl.maml import MetaLearner, TaskData, _stopped, evaluate_adaptation
+from meta_rl.rl.maml import MetaLearner, MetaPGConfig, TaskData, _stopped, evaluate_adaptation
 from meta_rl.rl.rollout import compute_advantages, make_env, sample_episodes
 from meta_rl.runs import due
 
@@ -40,27 +40,9 @@ __all__ = ["ReptileConfig", "train"]
 
 
 @dataclass
-class ReptileConfig(BaseConfig):
+class ReptileConfig(MetaPGConfig):
     """Reptile with policy-gradient inner steps (defaults: 2D point navigation)."""
 
-    iterations: int = field(default=50, metadata=bounds(ge=1))
-    """meta-training iterations (outer updates)"""
-    checkpoint_every: int = field(default=25, metadata=bounds(ge=0))
-    """save a checkpoint every this many iterations (0: only at the end)"""
-    eval_every: int = field(default=25, metadata=bounds(ge=0))
-    """evaluate adaptation on held-out tasks every this many iterations (0: only at the end)"""
-    env_id: str = "MetaRL/PointNav-v0"
-    """registered task family id"""
-    env_backend: Literal["auto", "batched", "vector"] = field(
-        default="auto", metadata=choice("auto", "batched", "vector")
-    )
-    """auto: the torch-batched env when the family has one, else a Gymnasium SyncVectorEnv"""
-    horizon: int = field(default=0, metadata=bounds(ge=0))
-    """episode length cap (0: the family's own horizon)"""
-    meta_batch: int = field(default=40, metadata=bounds(ge=1))
-    """tasks per meta-iteration"""
-    episodes_per_task: int = field(default=20, metadata=bounds(ge=1))
-    """episodes per task per inner step"""
     inner_steps: int = field(default=5, metadata=bounds(ge=1))
     """policy-gradient steps per task before the outer step (each on fresh episodes)"""
     inner_lr: float = field(default=0.3, metadata=bounds(gt=0))
@@ -69,34 +51,6 @@ class ReptileConfig(BaseConfig):
     """Reptile's outer step size epsilon (fraction of the way toward the adapted params)"""
     anneal: bool = True
     """anneal outer_lr linearly to 0 over the iterations"""
-    hidden: tuple[int, ...] = (64, 64)
-    """hidden layer widths of the MLP policy"""
-    activation: Literal["tanh", "relu"] = field(default="tanh", metadata=choice("tanh", "relu"))
-    """hidden activation"""
-    init_log_std: float = 0.0
-    """initial log standard deviation (Box actions)"""
-    gamma: float = field(default=0.99, metadata=bounds(ge=0, le=1))
-    """discount"""
-    gae_lambda: float = field(default=1.0, metadata=bounds(ge=0, le=1))
-    """GAE lambda"""
-    baseline: Literal["linear", "none"] = field(default="linear", metadata=choice("linear", "none"))
-    """value baseline: the linear feature baseline refit per task, or none"""
-    normalize_advantages: bool = True
-    """zero-mean, unit-std advantages within each task"""
-    eval_tasks: int = field(default=40, metadata=bounds(ge=1))
-    """held-out tasks used by evaluation (fixed by the seed)"""
-    eval_episodes: int = field(default=20, metadata=bounds(ge=1))
-    """episodes per held-out task per adaptation step"""
-    eval_split: Literal["train", "test", "ood"] = field(
-        default="test", metadata=choice("train", "test", "ood")
-    )
-    """task split evaluation samples from"""
-    eval_inner_steps: int = field(default=1, metadata=bounds(ge=1))
-    """inner steps evaluated (returns after 0..eval_inner_steps steps are logged)"""
-
-    def check(self) -> None:
-        if not self.hidden:
-            raise ConfigError("hidden=() is not allowed; give at least one layer width")
 
 
 def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
