@@ -419,14 +419,36 @@ def evaluate_adaptation(
 
 
 # --------------------------------------------------------------------------------------------
-# Training
+# Setup shared by the meta-policy-gradient trainers (MAML family, Reptile)
 # --------------------------------------------------------------------------------------------
-def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
-    """Meta-train per ``config``; ``run`` (a :class:`meta_rl.runs.Run`, or None) gets metrics
-    and checkpoints. Returns the final metrics."""
+@dataclass
+class MetaPGSetup:
+    """Envs, held-out tasks, policy and generators built from a :class:`MetaPGConfig`."""
+
+    config: MetaPGConfig
+    device: torch.device
+    env: Any
+    eval_env: Any
+    eval_tasks: list[Any]
+    policy: Any
+    learner: MetaLearner
+    task_rng: np.random.Generator
+    action_gen: torch.Generator
+
+    def evaluate(self) -> dict[str, float]:
+        """Mean return on the held-out tasks after 0..eval_inner_steps inner steps."""
+        cfg = self.config
+        curve = evaluate_adaptation(
+            self.learner, self.eval_env, self.eval_tasks, cfg.eval_inner_steps, cfg.seed + 3
+        )
+        return {f"eval_return_{k}": v for k, v in enumerate(curve)}
+
+
+def build_setup(cfg: MetaPGConfig) -> MetaPGSetup:
+    """Seeds: tasks from ``seed``, actions from ``seed``, initial weights from ``seed + 1``,
+    held-out tasks from ``seed + 2``, evaluation episodes from ``seed + 3``."""
     from meta_rl_envs.batched import resolve_device
 
-    cfg = config
     device = resolve_device(cfg.device)
     env_kw = {"horizon": cfg.horizon} if cfg.horizon else {}
     env = make_env(
@@ -435,30 +457,42 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
     eval_env = make_env(
         cfg.env_id, cfg.eval_tasks, cfg.eval_episodes, str(device), cfg.env_backend, **env_kw
     )
-    task_rng = np.random.default_rng(cfg.seed)
-    action_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    init_gen = torch.Generator().manual_seed(cfg.seed + 1)
-    eval_tasks = eval_env.sample_tasks(cfg.eval_tasks, cfg.seed + 2, cfg.eval_split)
     policy = make_mlp_policy(
         env.single_observation_space,
         env.single_action_space,
         hidden=cfg.hidden,
         activation=cfg.activation,
         init_log_std=cfg.init_log_std,
-        generator=init_gen,
+        generator=torch.Generator().manual_seed(cfg.seed + 1),
     ).to(device)
-    learner = MetaLearner(policy, cfg)
+    return MetaPGSetup(
+        config=cfg,
+        device=device,
+        env=env,
+        eval_env=eval_env,
+        eval_tasks=eval_env.sample_tasks(cfg.eval_tasks, cfg.seed + 2, cfg.eval_split),
+        policy=policy,
+        learner=MetaLearner(policy, cfg),
+        task_rng=np.random.default_rng(cfg.seed),
+        action_gen=torch.Generator(device=device).manual_seed(cfg.seed),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
+    """Meta-train per ``config``; ``run`` (a :class:`meta_rl.runs.Run`, or None) gets metrics
+    and checkpoints. Returns the final metrics."""
+    cfg = config
+    setup = build_setup(cfg)
+    device, env, policy, learner = setup.device, setup.env, setup.policy, setup.learner
+    task_rng, action_gen = setup.task_rng, setup.action_gen
     optimizer = (
         torch.optim.Adam(list(learner.outer_params().values()), lr=cfg.ppo_lr)
         if cfg.outer == "ppo"
         else None
     )
-
-    def evaluate(step: int) -> dict[str, float]:
-        curve = evaluate_adaptation(
-            learner, eval_env, eval_tasks, cfg.eval_inner_steps, cfg.seed + 3
-        )
-        return {f"eval_return_{k}": v for k, v in enumerate(curve)}
 
     def snapshot() -> dict[str, Any]:
         state: dict[str, Any] = {
@@ -483,7 +517,7 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
             optimizer.load_state_dict(ck.state["optimizer"])
         start = ck.step
     elif run is not None:  # the meta-untrained policy, for reference
-        run.log(0, evaluate(0))
+        run.log(0, setup.evaluate())
 
     metrics: dict[str, float] = {}
     last_saved = start
@@ -590,7 +624,7 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                     torch.cat([v.detach().reshape(-1) for v in learner.lrs.values()]).mean()
                 )
             if due(step, cfg.eval_every, cfg.iterations):
-                metrics.update(evaluate(step))
+                metrics.update(setup.evaluate())
             log.debug("iteration %d: %s", step, metrics)
             if run is not None:
                 if due(step, cfg.log_every, cfg.iterations):
@@ -600,5 +634,5 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                     run.save(step, tensors, snapshot())
                     last_saved = step
     if "eval_return_0" not in metrics:
-        metrics.update(evaluate(cfg.iterations))
+        metrics.update(setup.evaluate())
     return metrics

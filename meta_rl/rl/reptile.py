@@ -23,15 +23,13 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import bounds
 from meta_rl.core import expand_params, inner_update, reptile_update_
-from meta_rl.policies.mlp import make_mlp_policy
-from meta_rl.rl.maml import MetaLearner, MetaPGConfig, TaskData, _stopped, evaluate_adaptation
-from meta_rl.rl.rollout import compute_advantages, make_env, sample_episodes
+from meta_rl.rl.maml import MetaPGConfig, TaskData, _stopped, build_setup
+from meta_rl.rl.rollout import compute_advantages, sample_episodes
 from meta_rl.runs import due
 
 log = logging.getLogger(__name__)
@@ -56,36 +54,11 @@ class ReptileConfig(MetaPGConfig):
 def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
     """Meta-train with Reptile; ``run`` (a :class:`meta_rl.runs.Run`, or None) gets metrics and
     checkpoints. Returns the final metrics."""
-    from meta_rl_envs.batched import resolve_device
-
     cfg = config
-    device = resolve_device(cfg.device)
-    env_kw = {"horizon": cfg.horizon} if cfg.horizon else {}
-    env = make_env(
-        cfg.env_id, cfg.meta_batch, cfg.episodes_per_task, str(device), cfg.env_backend, **env_kw
-    )
-    eval_env = make_env(
-        cfg.env_id, cfg.eval_tasks, cfg.eval_episodes, str(device), cfg.env_backend, **env_kw
-    )
-    task_rng = np.random.default_rng(cfg.seed)
-    action_gen = torch.Generator(device=device).manual_seed(cfg.seed)
-    eval_tasks = eval_env.sample_tasks(cfg.eval_tasks, cfg.seed + 2, cfg.eval_split)
-    policy = make_mlp_policy(
-        env.single_observation_space,
-        env.single_action_space,
-        hidden=cfg.hidden,
-        activation=cfg.activation,
-        init_log_std=cfg.init_log_std,
-        generator=torch.Generator().manual_seed(cfg.seed + 1),
-    ).to(device)
-    learner = MetaLearner(policy, cfg)
+    setup = build_setup(cfg)
+    device, env, policy, learner = setup.device, setup.env, setup.policy, setup.learner
+    task_rng, action_gen = setup.task_rng, setup.action_gen
     theta = learner.theta
-
-    def evaluate() -> dict[str, float]:
-        curve = evaluate_adaptation(
-            learner, eval_env, eval_tasks, cfg.eval_inner_steps, cfg.seed + 3
-        )
-        return {f"eval_return_{k}": v for k, v in enumerate(curve)}
 
     def snapshot() -> dict[str, Any]:
         return {"task_rng": rng_state(task_rng), "action_rng": rng_state(action_gen)}
@@ -101,7 +74,7 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
         set_rng_state(action_gen, ck.state["action_rng"])
         start = ck.step
     elif run is not None:
-        run.log(0, evaluate())
+        run.log(0, setup.evaluate())
 
     metrics: dict[str, float] = {}
     last_saved = start
@@ -158,7 +131,7 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
                 "steps_per_second": env_steps / seconds,
             }
             if due(step, cfg.eval_every, cfg.iterations):
-                metrics.update(evaluate())
+                metrics.update(setup.evaluate())
             log.debug("iteration %d: %s", step, metrics)
             if run is not None:
                 if due(step, cfg.log_every, cfg.iterations):
@@ -167,5 +140,5 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
                     run.save(step, {k: v.detach() for k, v in theta.items()}, snapshot())
                     last_saved = step
     if "eval_return_0" not in metrics:
-        metrics.update(evaluate())
+        metrics.update(setup.evaluate())
     return metrics
