@@ -10,21 +10,34 @@ and in how the Fisher-vector products of the conjugate gradient are formed (the 
 
 - ours: ``meta_rl.rl.maml.train`` -- all 40 x 20 rows in one torch-batched env, per-task params
   stacked, policy forward / inner step / meta-objective batched over tasks; Fisher-vector
-  products in the exact Gauss-Newton form ``J^T M J v`` (``fisher_product="gauss_newton"``:
-  one Jacobian-vector and one vector-Jacobian product through the inner update);
+  products in the exact Gauss-Newton form ``J^T M J v`` (``fisher_product="gauss_newton"``),
+  applied as ``A J_q^T M J_q A v`` with ``A = I - lr H_support`` the (symmetric) Jacobian of
+  the inner step: two support Hessian-vector products per CG iteration
+  (``OuterProblem.fisher_product``); ``x^T F x`` from CG's residual; tanh layers run as
+  ``2 sigmoid(2z) - 1`` with the affine maps folded into the weights (``batched_call``);
 - loop: a Python loop over tasks, each sampled through a Gymnasium ``SyncVectorEnv`` of 20
   scalar ``PointNavEnv``s, policy forward by ``functional_call`` on that task's params, the inner
   step by a per-task ``torch.autograd.grad`` (pytorch-maml-rl / learn2learn's pattern), and the
   TRPO objective summed over a loop of tasks; Fisher-vector products the usual way, by double
-  backward of the KL's gradient. Both use the same Fisher subsample (``fisher_tasks``,
-  ``fisher_subsample``).
+  backward of the KL's gradient; the policy's own ``nn.Tanh``. Both use the same Fisher
+  subsample (``fisher_tasks``, ``fisher_subsample``) and the same ``trpo_step`` (CG, line
+  search).
 
 Peer for throughput: SB3 ``PPO("MlpPolicy")`` training on the same family (one PointNav env,
 SB3 defaults), env steps/s of ``model.learn``. Ours: env steps (in-episode steps only) of the
 whole training loop (sampling + adaptation + TRPO) per second of wall time.
 
-    python scripts/bench_maml_rl.py [--iterations 3] [--loop-iterations 1] [--ppo-steps 4096]
-                                    [--threads 1] [--set key=value ...] [--json]
+    python scripts/bench_maml_rl.py [--rounds 2] [--iterations 3] [--loop-iterations 3]
+                                    [--ppo-steps 4096] [--threads 1] [--set key=value ...]
+                                    [--json]
+
+Timing: after one warm-up run, ``--rounds`` rounds each time a fresh run of ours and then a
+fresh run of the loop (same seed, so each round repeats the same meta-iterations), setup
+included for both; load from other processes falls on both alike. The two sample different
+episodes (different random streams), so their TRPO steps may accept different line-search
+fractions, i.e. evaluate the objective a different number of times: the fractions and the
+trial counts are printed (seed 0, iterations 1-3: 13 trials each; iteration 1 alone: ours 4,
+the loop 8, which would flatter ours).
 """
 
 from __future__ import annotations
@@ -53,36 +66,44 @@ from meta_rl.rl.trpo import trpo_step
 
 ENV_ID = "MetaRL/PointNav-v0"
 TRPO_SECONDS = [0.0]  # time spent inside trpo_step (both contenders), for the breakdown
+TRPO_FRACTIONS: list[float] = []  # accepted line-search fractions (the work differs with them)
+TINY_EVAL = {"eval_tasks": 1, "eval_episodes": 1, "eval_every": 0, "device": "cpu"}
 
 
 def timed_trpo_step(*args, **kwargs):
     start = time.perf_counter()
     try:
-        return trpo_step(*args, **kwargs)
+        info = trpo_step(*args, **kwargs)
+        TRPO_FRACTIONS.append(info.step_fraction)
+        return info
     finally:
         TRPO_SECONDS[0] += time.perf_counter() - start
+
+
+def _reset() -> None:
+    TRPO_SECONDS[0] = 0.0
+    TRPO_FRACTIONS.clear()
 
 
 # ------------------------------------------------------------------------------------------
 # ours
 # ------------------------------------------------------------------------------------------
-def bench_ours(cfg: MAMLConfig, iterations: int) -> dict[str, float]:
-    """Wall time of ``iterations`` meta-iterations of the trainer (one warm-up first)."""
-    tiny_eval = {"eval_tasks": 1, "eval_episodes": 1, "eval_every": 0, "device": "cpu"}
-    train(apply_overrides(cfg, {**tiny_eval, "iterations": 1}))  # warm-up (allocator, kernels)
+def run_ours(cfg: MAMLConfig, iterations: int) -> dict[str, float]:
+    """Wall time of a fresh run of the trainer for ``iterations`` meta-iterations (its setup
+    and a one-episode final evaluation included)."""
     maml_module.trpo_step = timed_trpo_step  # only to report the time share of the TRPO step
-    TRPO_SECONDS[0] = 0.0
+    _reset()
     start = time.perf_counter()
     try:
-        metrics = train(apply_overrides(cfg, {**tiny_eval, "iterations": iterations}))
+        metrics = train(apply_overrides(cfg, {**TINY_EVAL, "iterations": iterations}))
     finally:
         maml_module.trpo_step = trpo_step
-    wall = time.perf_counter() - start
     return {
-        "seconds_per_iteration": wall / iterations,
-        "trpo_seconds_per_iteration": TRPO_SECONDS[0] / iterations,
-        "env_steps_per_second": metrics["env_steps_total"] / wall,
-        "env_steps_per_iteration": metrics["env_steps_total"] / iterations,
+        "seconds": time.perf_counter() - start,
+        "trpo_seconds": TRPO_SECONDS[0],
+        "env_steps": metrics["env_steps_total"],
+        "iterations": iterations,
+        "fractions": list(TRPO_FRACTIONS),
     }
 
 
@@ -240,17 +261,38 @@ def probe_horizon() -> int:
     return int(gym.make(ENV_ID).unwrapped.horizon)
 
 
-def bench_loop(cfg: MAMLConfig, iterations: int) -> dict[str, float]:
-    loop = LoopMAML(cfg)
-    TRPO_SECONDS[0] = 0.0
+def run_loop(cfg: MAMLConfig, iterations: int) -> dict[str, float]:
+    """Wall time of a fresh loop run (its envs and policy built inside the timing, like ours)."""
+    _reset()
     start = time.perf_counter()
+    loop = LoopMAML(cfg)
     for _ in range(iterations):
         loop.iteration()
-    wall = time.perf_counter() - start
     return {
-        "seconds_per_iteration": wall / iterations,
-        "trpo_seconds_per_iteration": TRPO_SECONDS[0] / iterations,
-        "env_steps_per_second": loop.env_steps / wall,
+        "seconds": time.perf_counter() - start,
+        "trpo_seconds": TRPO_SECONDS[0],
+        "env_steps": loop.env_steps,
+        "iterations": iterations,
+        "fractions": list(TRPO_FRACTIONS),
+    }
+
+
+def _trials(fraction: float, ratio: float, steps: int) -> int:
+    """Objective evaluations of a line search that accepted ``fraction`` (0: all rejected)."""
+    return steps if fraction <= 0 else round(math.log(fraction) / math.log(ratio)) + 1
+
+
+def summarize(runs: list[dict], cfg: MAMLConfig) -> dict[str, float]:
+    iterations = sum(r["iterations"] for r in runs)
+    seconds = sum(r["seconds"] for r in runs)
+    fractions = [f for r in runs for f in r["fractions"]]
+    return {
+        "seconds_per_iteration": seconds / iterations,
+        "line_search_trials": sum(_trials(f, cfg.ls_ratio, cfg.ls_steps) for f in fractions),
+        "trpo_seconds_per_iteration": sum(r["trpo_seconds"] for r in runs) / iterations,
+        "env_steps_per_second": sum(r["env_steps"] for r in runs) / seconds,
+        "step_fractions": fractions,
+        "round_seconds_per_iteration": [r["seconds"] / r["iterations"] for r in runs],
     }
 
 
@@ -273,8 +315,13 @@ def bench_sb3_ppo(steps: int, seed: int) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--iterations", type=int, default=3, help="timed meta-iterations, ours")
-    parser.add_argument("--loop-iterations", type=int, default=1, help="timed, the loop")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds ours / loop")
+    parser.add_argument(
+        "--iterations", type=int, default=3, help="meta-iterations of ours per round"
+    )
+    parser.add_argument(
+        "--loop-iterations", type=int, default=3, help="meta-iterations of the loop per round"
+    )
     parser.add_argument("--ppo-steps", type=int, default=4096, help="SB3 PPO env steps timed")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (all contenders)")
     parser.add_argument("--set", nargs="*", default=[], help="MAMLConfig overrides key=value")
@@ -287,19 +334,28 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.env_id != ENV_ID or cfg.algorithm != "maml" or cfg.outer != "trpo":
         parser.error("this benchmark runs MAML-TRPO on MetaRL/PointNav-v0")
 
-    ours = bench_ours(cfg, args.iterations)
-    loop = bench_loop(cfg, args.loop_iterations)
+    load_start = os.getloadavg()[0]
+    # one warm-up (allocator, kernels; process-wide, so the loop profits too), then rounds that
+    # alternate ours and the loop so that load from other processes hits both alike
+    train(apply_overrides(cfg, {**TINY_EVAL, "iterations": 1}))
+    ours_runs, loop_runs = [], []
+    for _ in range(args.rounds):
+        ours_runs.append(run_ours(cfg, args.iterations))
+        loop_runs.append(run_loop(cfg, args.loop_iterations))
+    ours, loop = summarize(ours_runs, cfg), summarize(loop_runs, cfg)
     ppo = bench_sb3_ppo(args.ppo_steps, cfg.seed)
     result = {
         "work": (
             f"MAML-TRPO PointNav, {cfg.meta_batch} tasks x {cfg.episodes_per_task} episodes x "
             f"{cfg.horizon or probe_horizon()} steps, {cfg.inner_steps} inner step, "
             f"hidden {list(cfg.hidden)}, fisher {cfg.fisher}/{cfg.fisher_subsample}, "
-            f"ours {cfg.fisher_product} Fisher products, loop double backward"
+            f"ours {cfg.fisher_product} Fisher products (A J_q^T M J_q A), loop double backward"
         ),
         "threads": args.threads,
         "cpus": os.cpu_count(),
+        "load_average_1min_start": load_start,
         "load_average_1min": os.getloadavg()[0],
+        "rounds": args.rounds,
         "ours_seconds_per_iteration": ours["seconds_per_iteration"],
         "loop_seconds_per_iteration": loop["seconds_per_iteration"],
         "speedup_ratio_vs_loop": loop["seconds_per_iteration"] / ours["seconds_per_iteration"],
@@ -311,6 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "trpo_ratio_vs_loop": loop["trpo_seconds_per_iteration"]
         / ours["trpo_seconds_per_iteration"],
+        "ours_round_seconds_per_iteration": ours["round_seconds_per_iteration"],
+        "loop_round_seconds_per_iteration": loop["round_seconds_per_iteration"],
+        "ours_line_search_trials": ours["line_search_trials"],
+        "loop_line_search_trials": loop["line_search_trials"],
+        "ours_step_fractions": ours["step_fractions"],
+        "loop_step_fractions": loop["step_fractions"],
         "ours_env_steps_per_second": ours["env_steps_per_second"],
         "loop_env_steps_per_second": loop["env_steps_per_second"],
         "ppo_env_steps_per_second": ppo["env_steps_per_second"],
@@ -339,7 +401,17 @@ def main(argv: list[str] | None = None) -> int:
             f"({result['trpo_ratio_vs_loop']:.1f}x); sampling + adaptation "
             f"{result['sampling_adaptation_ratio_vs_loop']:.1f}x"
         )
-        print(f"(load average {result['load_average_1min']:.1f} on {result['cpus']} CPUs)")
+        fr = ", ".join(f"{f:.3g}" for f in result["ours_step_fractions"])
+        fl = ", ".join(f"{f:.3g}" for f in result["loop_step_fractions"])
+        print(
+            f"  accepted line-search fractions: ours [{fr}] ({result['ours_line_search_trials']} "
+            f"trials), loop [{fl}] ({result['loop_line_search_trials']} trials)"
+        )
+        print(
+            f"(load average {result['load_average_1min_start']:.1f} at the start, "
+            f"{result['load_average_1min']:.1f} at the end, on {result['cpus']} CPUs, "
+            f"{result['threads']} torch thread(s) for every contender)"
+        )
     return 0
 
 

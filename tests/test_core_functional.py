@@ -61,6 +61,40 @@ def test_batched_call_equals_per_task_functional_call(make):
         torch.testing.assert_close(out[t], ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("stacked", [True, False])
+@pytest.mark.parametrize("ends_with_tanh", [False, True])
+def test_tanh_layers_run_as_folded_sigmoids_with_the_same_derivatives(stacked, ends_with_tanh):
+    """batched_call runs Linear -> Tanh as sigmoid(2z) with the affine maps folded into the
+    weights (tanh z = 2 sigmoid(2z) - 1): the same values, gradients and second derivatives as
+    the module itself (float64)."""
+    torch.manual_seed(7)
+    layers = [nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2)]
+    model = nn.Sequential(*(layers[:4] if ends_with_tanh else layers)).double()
+    base = get_params(model, detach=True)
+    params = perturbed(base, seed=8) if stacked else base
+    params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    x = torch.randn(T, N, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    out = batched_call(model, params, x)
+    ref = torch.stack(
+        [
+            functional_call(model, {k: v[t] if stacked else v for k, v in params.items()}, (x[t],))
+            for t in range(T)
+        ]
+    )
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    leaves = list(params.values())
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    g_ours = torch.autograd.grad((out**2 * w).sum(), leaves, create_graph=True)
+    g_ref = torch.autograd.grad((ref**2 * w).sum(), leaves, create_graph=True)
+    vs = [torch.randn_like(v) for v in leaves]
+    hv_ours = torch.autograd.grad(g_ours, leaves, grad_outputs=vs)
+    hv_ref = torch.autograd.grad(g_ref, leaves, grad_outputs=vs)
+    for name, a, b, c, d in zip(params, g_ours, g_ref, hv_ours, hv_ref, strict=True):
+        assert b.abs().sum() > 0 and d.abs().sum() > 0, name
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(c, d, rtol=1e-10, atol=1e-12, msg=name)
+
+
 @pytest.mark.parametrize("make", [mlp, lambda: TinyConv().double()])
 def test_batched_call_mixes_shared_and_stacked_params(make):
     model = make()

@@ -12,21 +12,25 @@ from meta_rl.core import expand_params
 from meta_rl.policies import distributions as D
 from meta_rl.policies import make_mlp_policy
 from meta_rl.presets import get_preset
-from meta_rl.rl import reptile
+from meta_rl.rl import maml, reptile
 from meta_rl.rl.maml import (
     MAMLConfig,
     MetaLearner,
     OuterProblem,
+    SupportCurvature,
     TaskData,
     TrainingDiverged,
     train,
 )
 from meta_rl.rl.rollout import compute_advantages, make_env, sample_episodes
 from meta_rl.rl.trpo import (
+    FisherProduct,
     GaussNewtonKL,
+    _conjugate_gradient,
     conjugate_gradient,
     gauss_newton_fvp,
     hessian_fvp,
+    loss_and_grad,
     trpo_step,
 )
 from meta_rl.runs import Run
@@ -112,21 +116,25 @@ def test_batched_meta_gradient_equals_a_per_task_loop(algorithm):
     learner, problem, support, query = _problem(algorithm)
     outer = learner.outer_params()
     leaves = list(outer.values())
-    loss, kl = problem.trpo_objective(outer, True)
-    ours = torch.autograd.grad(loss, leaves)
+    loss, flat_grad, kl = loss_and_grad(leaves, problem.trpo_objective, outer)
+    sizes = [v.numel() for v in leaves]
+    ours = [g.view_as(v) for g, v in zip(flat_grad.split(sizes), leaves, strict=True)]
     ref_loss, ref_kl = _loop_objective(learner, support, query, algorithm == "fomaml")
     ref = torch.autograd.grad(ref_loss, leaves)
-    torch.testing.assert_close(loss, ref_loss, atol=1e-5, rtol=1e-4)
-    assert isinstance(kl, GaussNewtonKL)  # the default metric form
-    assert kl.kl < 1e-8 and ref_kl.item() < 1e-8  # at the sampling params
+    torch.testing.assert_close(loss, ref_loss.detach(), atol=1e-5, rtol=1e-4)
+    # the default metric form: J^T M J as a product (scalar lr) or its Gauss-Newton factors
+    assert isinstance(kl, GaussNewtonKL if algorithm == "metasgd" else FisherProduct)
+    # at the sampling params: zero up to float32 rounding (the written-out inner step rounds
+    # differently from the sampled one; the KL's terms cancel to ~1e-8 then)
+    assert kl.kl < 1e-6 and ref_kl.item() < 1e-8
     for name, a, b in zip(outer, ours, ref, strict=True):
         assert a.abs().sum() > 0, name
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3, msg=name)
     if algorithm == "maml":  # the second-order terms are really there
         fo_learner, fo_problem, _, _ = _problem("fomaml")
-        fo_loss, _ = fo_problem.trpo_objective(fo_learner.outer_params(), True)
-        fo = torch.autograd.grad(fo_loss, list(fo_learner.outer_params().values()))
-        assert not torch.allclose(fo[0], ours[0], atol=1e-6)
+        fo_leaves = list(fo_learner.outer_params().values())
+        _, fo, _ = loss_and_grad(fo_leaves, fo_problem.trpo_objective, fo_learner.outer_params())
+        assert not torch.allclose(fo, flat_grad, atol=1e-6)
 
 
 def _problem64(algorithm, env_id="MetaRL/PointNav-v0", **overrides):
@@ -151,6 +159,7 @@ def _problem64(algorithm, env_id="MetaRL/PointNav-v0", **overrides):
         ("maml", {"fisher_subsample": 1, "fisher_tasks": 0}),
         ("maml", {"fisher_subsample": 2, "fisher_tasks": 2}),
         ("maml", {"fisher": "first_order"}),
+        ("fomaml", {"fisher_subsample": 2}),
         ("metasgd", {"fisher_subsample": 3}),
         ("maml", {"env_id": "MetaRL/CartPole-v0", "fisher_subsample": 2}),  # categorical
     ],
@@ -171,14 +180,140 @@ def test_gauss_newton_fisher_product_equals_the_double_backward_one(algorithm, o
         ref = old(v)
         assert ref.norm() > 1e-6
         torch.testing.assert_close(new(v), ref, atol=1e-10, rtol=1e-8)
-    # and through trpo_step's objective: the default returns the Gauss-Newton form
-    _, gn = problem.trpo_objective(outer, True)
-    assert isinstance(gn, GaussNewtonKL)
-    torch.testing.assert_close(gauss_newton_fvp(gn, leaves, 0.0)(v), ref, atol=1e-10, rtol=1e-8)
+    # and through trpo_step's objective: the default returns the same matrix as a product
+    # (scalar inner lr: two support Hessian-vector products per inner step) or in Gauss-Newton
+    # factors (Meta-SGD)
+    _, metric = problem.trpo_objective(outer, True)
+    if algorithm == "metasgd":
+        assert isinstance(metric, GaussNewtonKL)
+        torch.testing.assert_close(
+            gauss_newton_fvp(metric, leaves, 0.0)(v), ref, atol=1e-10, rtol=1e-8
+        )
+    else:
+        assert isinstance(metric, FisherProduct)
+        torch.testing.assert_close(metric.matvec(v), ref, atol=1e-10, rtol=1e-8)
     learner.config.fisher_product = "hessian"  # the double-backward form, through trpo_step's
     _, kl = problem.trpo_objective(outer, True)  # objective too
     assert not isinstance(kl, GaussNewtonKL)
     torch.testing.assert_close(hessian_fvp(kl, leaves, 0.0)(v), ref, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_support_curvature_equals_autograd(activation):
+    """The written-out inner-loss gradient and Hessian-vector products of a two-hidden-layer
+    Gaussian MLP equal autograd's (float64, per task, with masked rows)."""
+    env = make_env("MetaRL/PointNav-v0", 3, 4, horizon=15)
+    env.set_tasks(env.sample_tasks(3, 0))
+    policy = make_mlp_policy(
+        env.single_observation_space,
+        env.single_action_space,
+        hidden=(8, 6),
+        activation=activation,
+        generator=torch.Generator().manual_seed(0),
+    ).double()
+    assert SupportCurvature.applies(policy)
+    learner = MetaLearner(policy, MAMLConfig(**TINY))
+    gen = torch.Generator().manual_seed(1)
+    params = {
+        k: v.detach().expand(3, *v.shape) + 0.3 * torch.randn(3, *v.shape, generator=gen).double()
+        for k, v in learner.theta.items()
+    }
+    ep = sample_episodes(env, policy, {k: v.float() for k, v in params.items()}, gen, seed=0)
+    data = TaskData.from_episodes(ep, compute_advantages(ep))
+    data = TaskData(
+        *(x.double() for x in (data.obs, data.actions, data.logp, data.advantages)),
+        data.mask.double(),
+    )
+    data.mask[:, -5:] = 0.0  # some padded rows
+    curvature = SupportCurvature(policy, params, data)
+    leaves = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    loss = learner.inner_loss(leaves, data).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=True)
+    torch.testing.assert_close(curvature.loss, loss.detach(), atol=1e-12, rtol=1e-10)
+    for name, a, b in zip(leaves, curvature.grads.values(), grads, strict=True):
+        assert b.abs().sum() > 0, name
+        torch.testing.assert_close(a, b.detach(), atol=1e-12, rtol=1e-10, msg=name)
+    xs = [torch.randn(v.shape, generator=gen).double() for v in leaves.values()]
+    ref = torch.autograd.grad(grads, list(leaves.values()), grad_outputs=xs)
+    for name, a, b in zip(leaves, curvature.hvp(xs), ref, strict=True):
+        assert b.abs().sum() > 0, name
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10, msg=name)
+    sub = curvature.tasks(slice(1, 3))  # a subset of tasks: views of the same numbers
+    for a, b in zip(sub.hvp([x[1:3] for x in xs]), ref, strict=True):
+        torch.testing.assert_close(a, b[1:3], atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "overrides"),
+    [
+        ("maml", {"fisher_subsample": 1, "fisher_tasks": 0}),
+        ("maml", {"fisher_subsample": 2, "fisher_tasks": 2}),
+        ("maml", {"fisher": "first_order"}),
+        ("fomaml", {}),
+    ],
+)
+def test_written_out_trpo_objective_equals_the_autograd_one(algorithm, overrides, monkeypatch):
+    """For a Gaussian MLP with a scalar inner lr the second-order TRPO objective (loss,
+    meta-gradient, Fisher products) is computed by SupportCurvature: the same numbers as
+    autograd through the inner update (float64), at and away from the sampling params."""
+    learner, problem = _problem64(algorithm, **overrides)
+    outer = learner.outer_params()
+    leaves = list(outer.values())
+    v = torch.randn(sum(x.numel() for x in leaves), generator=torch.Generator().manual_seed(5))
+    v = v.double()
+
+    def both():
+        out = []
+        for analytic in (True, False):
+            if not analytic:
+                monkeypatch.setattr(SupportCurvature, "applies", staticmethod(lambda p: False))
+            assert problem.analytic is analytic
+            loss, grad, metric = loss_and_grad(leaves, problem.trpo_objective, outer)
+            assert isinstance(metric, maml.FisherProduct)
+            value, kl = problem.trpo_objective(outer, False)
+            out.append((loss, grad, metric.matvec(v), value, kl))
+            monkeypatch.undo()
+        return out
+
+    for _ in range(2):  # at the sampling params, then after a perturbation
+        ours, ref = both()
+        assert ref[1].norm() > 1e-6 and ref[2].norm() > 1e-6
+        for a, b in zip(ours, ref, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+        with torch.no_grad():
+            for x in leaves:
+                x.add_(0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(6)))
+    assert ref[4] > 1e-6  # away from the sampling params: a real KL
+
+
+def test_fisher_product_through_two_inner_steps_equals_the_double_backward_one():
+    """Two inner steps: F v = A_1 A_2 J_q^T M J_q A_2 A_1 v, the KL's Hessian (float64)."""
+    learner, problem = _problem64("maml", fisher_subsample=2, fisher_tasks=2)
+    outer = learner.outer_params()
+    supports = [problem.supports[0], problem.supports[0]]  # two steps (on the same episodes)
+    sampled = learner.adapt(outer, supports, 3, first_order=True)
+    problem = OuterProblem(
+        learner, supports, problem.query, {k: v.detach() for k, v in sampled.items()}
+    )
+    leaves = list(outer.values())
+    assert problem.fisher_kl(outer).item() < 1e-12
+    old = hessian_fvp(problem.fisher_kl(outer), leaves, damping=0.0)
+    new = problem.fisher_product(outer).matvec
+    one_step = _problem64("maml", fisher_subsample=2, fisher_tasks=2)[1].fisher_product(outer)
+    v = torch.randn(sum(x.numel() for x in leaves), generator=torch.Generator().manual_seed(4))
+    v = v.double()
+    ref = old(v)
+    torch.testing.assert_close(new(v), ref, atol=1e-10, rtol=1e-8)
+    assert not torch.allclose(one_step.matvec(v), ref, atol=1e-6)  # the second step counts
+    # the written-out objective through both steps: loss, meta-gradient and Fisher products
+    assert problem.analytic
+    loss, grad, metric = loss_and_grad(leaves, problem.trpo_objective, outer)
+    learner.config.fisher_product = "hessian"  # the autograd objective, double backward metric
+    ref_loss, ref_kl = problem.trpo_objective(outer, True)
+    ref_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(ref_loss, leaves)])
+    torch.testing.assert_close(loss, ref_loss.detach(), atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(grad, ref_grad, atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(metric.matvec(v), ref, atol=1e-10, rtol=1e-8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -191,6 +326,10 @@ def test_conjugate_gradient_solves_spd_systems():
     b = torch.randn(6, generator=g, dtype=torch.float64)
     x = conjugate_gradient(lambda v: spd @ v, b, iters=20)
     torch.testing.assert_close(spd @ x, b)
+    # the residual the recursion keeps is b - A x, so trpo_step gets x^T A x without a product
+    x, r = _conjugate_gradient(lambda v: spd @ v, b, 4, 1e-30)  # stopped early: r is not ~0
+    assert r.norm() > 1e-3
+    torch.testing.assert_close(r, b - spd @ x, atol=1e-12, rtol=1e-10)
 
 
 def test_trpo_step_improves_within_the_trust_region():

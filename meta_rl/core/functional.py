@@ -276,6 +276,22 @@ def record_linear_layers() -> Iterator[list[tuple[str, Tensor, Tensor]]]:
         _TAPE.reset(token)
 
 
+def _tanh_folds(layers: list[nn.Module]) -> list[bool]:
+    """For each layer: True where a Linear is followed by a Tanh and then by a Linear or the
+    end of the chain, so the pair may run as a sigmoid with affine maps folded into the weights
+    (see :func:`_chain_forward`)."""
+    folds = []
+    for i, layer in enumerate(layers):
+        nxt = layers[i + 1] if i + 1 < len(layers) else None
+        after = layers[i + 2] if i + 2 < len(layers) else None
+        folds.append(
+            isinstance(layer, nn.Linear)
+            and type(nxt) is nn.Tanh
+            and (after is None or isinstance(after, nn.Linear))
+        )
+    return folds
+
+
 def _chain_forward(
     prefix: str, layers: list[nn.Module], params: Mapping[str, Tensor], x: Tensor
 ) -> Tensor:
@@ -284,12 +300,26 @@ def _chain_forward(
     A plain stacked weight is used as the left operand (``W @ h^T``) so that its gradient
     ``dz^T @ h`` comes out contiguous in the weight's own [T, out, in] layout; the inner step,
     the meta-backward and the gradient accumulation then never mix transposed and contiguous
-    weight-sized tensors (a slow path)."""
+    weight-sized tensors (a slow path).
+
+    ``Linear -> Tanh`` runs as ``u = sigmoid(2 z)`` with ``tanh(z) = 2 u - 1`` (an identity):
+    the factors 2 and the shift -1 are folded into the (small) weights and biases of this and
+    the next Linear layer, so the large activations see one sigmoid instead of a tanh (CPU
+    tanh and its derivatives cost about as much as the layer's matrix product; sigmoid is
+    memory-bound). Not used for factored weights or while :func:`record_linear_layers`
+    records (those need the layers' true inputs and outputs)."""
     if x.dim() != 3:
         raise ValueError(f"input has shape {tuple(x.shape)}; a linear chain takes [T, N, features]")
     tape = _TAPE.get()
+    fold = tape is None and not any(isinstance(v, LowRankWeight) for v in params.values())
+    folds = _tanh_folds(layers) if fold else [False] * len(layers)
     h = x
+    from_tanh = False  # h holds u with the true input 2 u - 1
+    skip = False
     for i, layer in enumerate(layers):
+        if skip:  # the Tanh folded into the Linear before it
+            skip = False
+            continue
         if not isinstance(layer, nn.Linear):
             h = layer(h)  # elementwise
             continue
@@ -300,6 +330,15 @@ def _chain_forward(
                 f"input to layer {prefix}{i} has shape {tuple(h.shape)}; last dimension must be "
                 f"{layer.in_features}"
             )
+        if from_tanh or folds[i]:  # W (2u - 1) + b = 2 W u + (b - W 1); times 2 before a sigmoid
+            out_scale = 2.0 if folds[i] else 1.0
+            if from_tanh:
+                shift = -w.sum(-1)
+                b = shift if b is None else b + shift
+                w = w * (2.0 * out_scale)
+            else:
+                w = w * out_scale
+            b = None if b is None else b * out_scale
         bias = None if b is None else (b.unsqueeze(1) if b.dim() == 2 else b)
         if isinstance(w, LowRankWeight):
             z = w.apply(h, b)
@@ -315,6 +354,12 @@ def _chain_forward(
         if tape is not None:
             tape.append((key, h, z))
         h = z
+        from_tanh = folds[i]
+        if folds[i]:
+            h = torch.sigmoid(z)
+            skip = True
+    if from_tanh:  # the chain ends with the Tanh
+        h = 2.0 * h - 1.0
     return h
 
 

@@ -43,7 +43,7 @@ from meta_rl.policies import distributions as D
 from meta_rl.policies.mlp import MLPPolicy, make_mlp_policy
 from meta_rl.rl.ppo import clipped_surrogate
 from meta_rl.rl.rollout import Episodes, compute_advantages, make_env, sample_episodes
-from meta_rl.rl.trpo import GaussNewtonKL, trpo_step
+from meta_rl.rl.trpo import FisherProduct, GaussNewtonKL, LossWithGrad, trpo_step
 from meta_rl.runs import RunError, due
 
 log = logging.getLogger(__name__)
@@ -147,8 +147,9 @@ class MAMLConfig(MetaPGConfig):
     fisher_product: Literal["gauss_newton", "hessian"] = field(
         default="gauss_newton", metadata=choice("gauss_newton", "hessian")
     )
-    """TRPO: Fisher-vector products as J^T M J (one jvp + one vjp) or by double backward of the
-    KL's gradient (the same matrix; the Gauss-Newton form is cheaper)"""
+    """TRPO: Fisher-vector products as J^T M J (scalar inner lr: A J_q^T M J_q A, two support
+    Hessian-vector products per inner step; Meta-SGD: one jvp + one vjp through the inner
+    update) or by double backward of the KL's gradient (the same matrix, slower)"""
     fisher_subsample: int = field(default=4, metadata=bounds(ge=1))
     """TRPO: Fisher-vector products use every this-many-th query sample"""
     fisher_tasks: int = field(default=10, metadata=bounds(ge=0))
@@ -260,6 +261,148 @@ class MetaLearner:
         return params
 
 
+class SupportCurvature:
+    """The inner loss's gradient and exact Hessian-vector products, written out (no autograd
+    graph): :meth:`MetaLearner.inner_loss` (the likelihood-ratio surrogate) of a Gaussian MLP
+    policy whose ``net`` alternates Linear and Tanh / ReLU layers, with stacked per-task params.
+
+    ``hvp`` is Pearlmutter's R-operator: a forward pass of the tangents (``R z``, ``R h``)
+    through the cached activations, then the tangent of the backward pass. Per hidden layer it
+    needs the same matrix products as a double backward but about half the elementwise passes
+    over the ``[T, N, hidden]`` activations (tested equal to autograd in float64)."""
+
+    def __init__(
+        self,
+        policy: MLPPolicy,
+        params: Mapping[str, Tensor],
+        data: TaskData,
+        hessian: bool = True,
+    ) -> None:
+        layers = list(policy.net)
+        self.linear = [i for i, m in enumerate(layers) if isinstance(m, torch.nn.Linear)]
+        self.tanh = [type(layers[i + 1]) is torch.nn.Tanh for i in self.linear[:-1]]
+        p = {k: v.detach() for k, v in params.items()}
+        self.w = [p[f"net.{i}.weight"] for i in self.linear]
+        x = data.obs
+        hs, ds, qs = [x], [], []
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        z = x
+        for j, w in enumerate(self.w):
+            z = torch.bmm(hs[-1], w.mT).add_(p[f"net.{self.linear[j]}.bias"].unsqueeze(1))
+            if j < len(self.w) - 1:
+                if self.tanh[j]:  # tanh z = 2 sigmoid(2 z) - 1 (CPU tanh is slow); 1 - tanh^2
+                    h = torch.sigmoid_(z.mul_(2.0)).mul_(2.0).sub_(1.0)
+                    ds.append(torch.addcmul(one, h, h, value=-1.0))
+                else:
+                    h = torch.relu(z)
+                    ds.append((z > 0).to(z.dtype))
+                hs.append(h)
+        log_std = p["log_std"].unsqueeze(1)  # [T, 1, d]
+        inv_sigma = torch.exp(-log_std)
+        e = (data.actions - z) * inv_sigma
+        logp = (
+            -0.5 * e.square().sum(-1) - log_std.sum(-1) - 0.5 * e.shape[-1] * math.log(2 * math.pi)
+        )
+        c = data.advantages * data.mask / data.mask.sum(1, keepdim=True).clamp_min(1.0)
+        beta = (-c * torch.exp(logp - data.logp)).unsqueeze(-1)  # d loss / d logp, [T, N, 1]
+        delta = beta * e * inv_sigma  # d loss / d mean
+        grads: dict[str, Tensor] = {"log_std": (beta * (e * e - 1.0)).sum(1)}
+        deltas = [delta]
+        for j in range(len(self.w) - 1, -1, -1):
+            i = self.linear[j]
+            grads[f"net.{i}.weight"] = torch.bmm(delta.mT, hs[j])
+            grads[f"net.{i}.bias"] = delta.sum(1)
+            if j > 0:
+                dh = torch.bmm(delta, self.w[j])
+                delta = dh.mul_(ds[j - 1]) if not (hessian and self.tanh[j - 1]) else ds[j - 1] * dh
+                deltas.insert(0, delta)
+                qs.insert(0, 2.0 * hs[j] * dh if hessian and self.tanh[j - 1] else None)
+        self.names = list(params)
+        self.loss = beta.sum()  # the inner loss summed over tasks
+        self.mean, self.log_std = z, log_std
+        self.grads = {k: grads[k] for k in self.names}
+        self.hs, self.ds, self.qs, self.deltas = hs, ds, qs, deltas
+        self.e, self.inv_sigma, self.beta = e, inv_sigma, beta
+        self.hessian = hessian
+
+    def tasks(self, index: slice) -> SupportCurvature:
+        """The same for the tasks ``index`` only (views of the cached tensors)."""
+        out = object.__new__(SupportCurvature)
+        out.__dict__.update(self.__dict__)
+        for key in ("hs", "ds", "qs", "deltas"):
+            setattr(out, key, [None if t is None else t[index] for t in getattr(self, key)])
+        for key in ("w", "e", "inv_sigma", "beta", "mean", "log_std"):
+            val = getattr(self, key)
+            setattr(out, key, [t[index] for t in val] if isinstance(val, list) else val[index])
+        out.grads = {k: g[index] for k, g in self.grads.items()}
+        out.loss = out.beta.sum()
+        return out
+
+    @staticmethod
+    def applies(policy: MLPPolicy) -> bool:
+        """Whether ``policy`` has the structure this class differentiates by hand."""
+        if not isinstance(policy, MLPPolicy) or not policy.continuous:
+            return False
+        cls = type(policy)
+        if cls.head is not MLPPolicy.head or cls.log_prob is not MLPPolicy.log_prob:
+            return False  # a subclass that changes the distribution's parameters
+        layers = list(policy.net)
+        if not layers or not isinstance(layers[-1], torch.nn.Linear):
+            return False
+        if set(n for n, _ in policy.named_parameters()) - {"log_std"} != {
+            f"net.{i}.{k}"
+            for i, m in enumerate(layers)
+            if isinstance(m, torch.nn.Linear)
+            for k in ("weight", "bias")
+        }:
+            return False
+        kinds = [type(m) for m in layers]
+        return (
+            all(
+                kinds[i] is torch.nn.Linear and kinds[i + 1] in (torch.nn.Tanh, torch.nn.ReLU)
+                for i in range(0, len(kinds) - 1, 2)
+            )
+            and len(kinds) % 2 == 1
+        )
+
+    def hvp(self, xs: list[Tensor]) -> list[Tensor]:
+        """Per task, the inner loss's Hessian times ``xs`` (stacked like the params)."""
+        if not self.hessian:
+            raise ValueError("this SupportCurvature was built with hessian=False")
+        v = dict(zip(self.names, xs, strict=True))
+        hs, ds, qs, deltas = self.hs, self.ds, self.qs, self.deltas
+        rhs: list[Tensor | None] = [None]
+        for j, w in enumerate(self.w):  # tangent forward
+            i = self.linear[j]
+            rz = torch.bmm(hs[j], v[f"net.{i}.weight"].mT).add_(v[f"net.{i}.bias"].unsqueeze(1))
+            if rhs[j] is not None:
+                rz.baddbmm_(rhs[j], w.mT)
+            if j < len(self.w) - 1:
+                rhs.append(rz.mul_(ds[j]))
+        e, inv_sigma, beta = self.e, self.inv_sigma, self.beta
+        v_log = v["log_std"].unsqueeze(1)
+        r_mean = rz * inv_sigma  # R mean / sigma
+        r_beta = beta * (e * r_mean + (e * e - 1.0) * v_log).sum(-1, keepdim=True)
+        out: dict[str, Tensor] = {
+            "log_std": (r_beta * (e * e - 1.0) - 2.0 * beta * e * (r_mean + e * v_log)).sum(1)
+        }
+        r_delta = (r_beta * e - beta * (r_mean + 2.0 * e * v_log)) * inv_sigma
+        for j in range(len(self.w) - 1, -1, -1):  # tangent backward
+            i = self.linear[j]
+            delta = deltas[j]
+            rw = torch.bmm(r_delta.mT, hs[j])
+            if rhs[j] is not None:
+                rw.baddbmm_(delta.mT, rhs[j])
+            out[f"net.{i}.weight"] = rw
+            out[f"net.{i}.bias"] = r_delta.sum(1)
+            if j > 0:
+                r_delta = torch.bmm(r_delta, self.w[j]).baddbmm_(delta, v[f"net.{i}.weight"])
+                r_delta.mul_(ds[j - 1])
+                if qs[j - 1] is not None:  # tanh'' = -2 tanh tanh'
+                    r_delta.addcmul_(qs[j - 1], rhs[j], value=-1.0)
+        return [out[k] for k in self.names]
+
+
 class OuterProblem:
     """The outer objective of one meta-iteration: re-adapt from given outer params on the fixed
     support episodes, then score the adapted policies on the fixed query episodes."""
@@ -298,13 +441,22 @@ class OuterProblem:
     def fisher_gauss_newton(self, outer: Mapping[str, Tensor]) -> GaussNewtonKL:
         """The Hessian of :meth:`fisher_kl` at the sampling params, exactly, as ``J^T M J``:
         ``J`` the Jacobian of the adapted policies' distribution parameters w.r.t. ``outer``,
-        ``M`` the KL's Hessian in those parameters (zero KL gradient there, so no other term):
-        per sample ``diag(1 / sigma^2)`` for the mean and ``2`` for each log-std entry
-        (Gaussian), ``diag(p) - p p^T`` for the logits (categorical), times the sample's
-        weight in the masked task mean and the mean over tasks."""
+        ``M`` the KL's Hessian in those parameters (see :meth:`_fisher_metric`)."""
         head, log_std, _, _, mask = self._fisher_heads(outer)
+        return self._fisher_metric(head, log_std, mask)
+
+    @staticmethod
+    def _fisher_metric(
+        head: Tensor, log_std: Tensor | None, mask: Tensor, num_tasks: int = 0
+    ) -> GaussNewtonKL:
+        """``outputs`` (the distribution parameters) and ``M``, the KL's Hessian in them at the
+        sampling params (zero KL gradient there, so no other term): per sample
+        ``diag(1 / sigma^2)`` for the mean and ``2`` for each log-std entry (Gaussian),
+        ``diag(p) - p p^T`` for the logits (categorical), times the sample's weight in the
+        masked task mean and the mean over ``num_tasks`` (default: ``head.shape[0]``) tasks."""
         k = head.shape[0]
-        weight = (mask / mask.sum(1, keepdim=True).clamp_min(1.0) / k).detach()  # [k, rows]
+        weight = mask / mask.sum(1, keepdim=True).clamp_min(1.0) / (num_tasks or k)  # [k, rows]
+        weight = weight.detach()
         if log_std is None:  # categorical logits
             probs = torch.softmax(head.detach(), dim=-1)
             w = weight.unsqueeze(-1)
@@ -326,6 +478,142 @@ class OuterProblem:
 
         return GaussNewtonKL([head, log_std], metric)
 
+    def fisher_product(
+        self,
+        outer: Mapping[str, Tensor],
+        curvature: list[SupportCurvature] | None = None,
+        adapted: Params | None = None,
+    ) -> FisherProduct:
+        """:meth:`fisher_gauss_newton`'s matrix ``J^T M J``, applied piece by piece (scalar
+        inner lr only).
+
+        An inner step ``theta' = theta - lr grad L_s(theta)`` has the Jacobian
+        ``A = I - lr H_s`` (``H_s`` the support loss's Hessian, per task), which is symmetric.
+        So ``J = J_q A_n ... A_1`` (``J_q``: the Jacobian of the query heads at the adapted
+        params) and ``F v = sum_tasks A_1 ... A_n J_q^T M J_q A_n ... A_1 v``: per inner step
+        two support Hessian-vector products (written out by :class:`SupportCurvature` where it
+        applies, else one backward each through the retained graph of that step's gradient)
+        plus a Jacobian-vector / vector-Jacobian pair on the few Fisher query rows. The
+        Gauss-Newton form instead differentiates ``J^T w`` built through the inner update, a
+        third-order graph. ``fisher="first_order"`` (or FOMAML): ``A = I``.
+
+        ``curvature`` / ``adapted``: the inner steps' :class:`SupportCurvature` (built with
+        ``hessian=True``) and the adapted params of all tasks at ``outer``, when the caller
+        already has them (see :meth:`trpo_objective`)."""
+        cfg, policy, learner = self.learner.config, self.learner.policy, self.learner
+        theta, lr = learner.split(outer)
+        if isinstance(lr, Mapping):
+            raise ValueError(
+                "fisher_product needs a scalar inner lr (Meta-SGD: fisher_gauss_newton)"
+            )
+        k = min(cfg.fisher_tasks or self.num_tasks, self.num_tasks)
+        tasks, rows = slice(0, k), slice(None, None, cfg.fisher_subsample)
+        second = not (self.first_order or cfg.fisher == "first_order")
+        names = list(theta)
+        steps: list[Any] = []  # per inner step: a SupportCurvature or (leaves, gradient graph)
+        if curvature is not None and adapted is not None:
+            steps = [c.tasks(tasks) for c in curvature]
+            params = {n: adapted[n][tasks].detach() for n in names}
+        else:
+            params = {n: v.detach().expand(k, *v.shape).clone() for n, v in theta.items()}
+            analytic = self.analytic
+            with torch.enable_grad():
+                for data in self.supports:
+                    if analytic:
+                        step = SupportCurvature(policy, params, data.tasks(tasks), second)
+                        grads = list(step.grads.values())
+                        steps.append(step)
+                    else:
+                        leaves = [params[n].requires_grad_(True) for n in names]
+                        loss = learner.inner_loss(params, data.tasks(tasks)).sum()
+                        grads = torch.autograd.grad(loss, leaves, create_graph=second)
+                        steps.append((leaves, list(grads)))
+                    params = {
+                        n: (params[n] - lr * g).detach() for n, g in zip(names, grads, strict=True)
+                    }
+        if not second:  # FOMAML / first-order Fisher: A = I
+            steps = []
+        with torch.enable_grad():
+            top = [params[n].requires_grad_(True) for n in names]
+            q = self.query.tasks(tasks)
+            head, log_std = policy.head(params, q.obs[:, rows])
+        gn = self._fisher_metric(head, log_std, q.mask[:, rows], k)
+        outs = gn.outputs
+        ws = [torch.zeros_like(o, requires_grad=True) for o in outs]
+        jt_w = torch.autograd.grad(outs, top, grad_outputs=ws, create_graph=True)
+        sizes = [v.numel() for v in theta.values()]
+
+        def apply_a(xs: list[Tensor], step: Any) -> list[Tensor]:
+            if isinstance(step, SupportCurvature):
+                hx = step.hvp(xs)
+            else:
+                leaves, grads = step
+                hx = torch.autograd.grad(grads, leaves, grad_outputs=xs, retain_graph=True)
+            return [x - lr * h for x, h in zip(xs, hx, strict=True)]
+
+        def matvec(v: Tensor) -> Tensor:
+            xs = [
+                c.view(t.shape).expand(k, *t.shape)
+                for c, t in zip(v.split(sizes), theta.values(), strict=True)
+            ]
+            for step in steps:  # A v
+                xs = apply_a(xs, step)
+            jv = torch.autograd.grad(jt_w, ws, grad_outputs=xs, retain_graph=True)  # J_q A v
+            ys = torch.autograd.grad(outs, top, grad_outputs=gn.metric(list(jv)), retain_graph=True)
+            ys = list(ys)
+            for step in reversed(steps):  # A^T J_q^T M J_q A v (A symmetric)
+                ys = apply_a(ys, step)
+            return torch.cat([y.sum(0).reshape(-1) for y in ys])
+
+        return FisherProduct(matvec)
+
+    @property
+    def analytic(self) -> bool:
+        """Whether :meth:`trpo_objective` uses :class:`SupportCurvature` (a Gaussian tanh/ReLU
+        MLP policy, a scalar inner lr and :meth:`MetaLearner.inner_loss`)."""
+        learner = self.learner
+        return (
+            learner.lrs is None
+            and type(learner).inner_loss is MetaLearner.inner_loss
+            and SupportCurvature.applies(learner.policy)
+        )
+
+    def _analytic_objective(
+        self, outer: Mapping[str, Tensor]
+    ) -> tuple[LossWithGrad, FisherProduct]:
+        """:meth:`trpo_objective` (second order) with the inner steps, the meta-gradient and the
+        Fisher's support Hessians written out (:class:`SupportCurvature`; the same numbers; the
+        line search's plain values stay with autograd, measured as fast).
+
+        The meta-gradient is ``mean_tasks A_1 ... A_n u`` with ``u`` the query loss's
+        gradient at the adapted params and ``A = I - lr H_s`` each inner step's (symmetric)
+        Jacobian: one support Hessian-vector product per inner step, no graph."""
+        cfg, policy, q = self.learner.config, self.learner.policy, self.query
+        theta, lr = self.learner.split(outer)
+        n = self.num_tasks
+        params = {k: v.detach().expand(n, *v.shape).clone() for k, v in theta.items()}
+        hessian = not self.first_order
+        steps = []
+        for data in self.supports:
+            step = SupportCurvature(policy, params, data, hessian)
+            steps.append(step)
+            params = {
+                k: v - lr * g for (k, v), g in zip(params.items(), step.grads.values(), strict=True)
+            }
+        top = SupportCurvature(policy, params, q, hessian=False)
+        ys = [g / n for g in top.grads.values()]  # the query loss is the mean over tasks
+        if hessian:
+            for step in reversed(steps):
+                ys = [y - lr * h for y, h in zip(ys, step.hvp(ys), strict=True)]
+        grad = torch.cat([y.sum(0).reshape(-1) for y in ys])
+        kl = D.kl(policy.action_space, self.old_head, self.old_log_std, top.mean, top.log_std)
+        if cfg.fisher == "full" and not self.first_order:
+            metric = self.fisher_product(outer, steps, params)
+        else:
+            metric = self.fisher_product(outer)
+        metric.kl = _masked_task_mean(kl, q.mask).mean().item()
+        return LossWithGrad(top.loss / n, grad), metric
+
     def logp_and_kl(self, outer: Mapping[str, Tensor], second_order: bool) -> tuple[Tensor, Tensor]:
         """Query log-probs [T, M] of the re-adapted policies and their mean KL from the sampling
         ones. ``second_order=False``: a cheap value (no meta-graph, e.g. for a line search)."""
@@ -341,7 +629,7 @@ class OuterProblem:
 
     def trpo_objective(
         self, outer: Mapping[str, Tensor], second_order: bool
-    ) -> tuple[Tensor, Tensor | GaussNewtonKL]:
+    ) -> tuple[Tensor | LossWithGrad, Tensor | GaussNewtonKL | FisherProduct]:
         """(surrogate loss to minimise, mean KL) for :func:`trpo_step`.
 
         With ``second_order`` the KL returned is the one whose Hessian TRPO uses as its metric
@@ -350,14 +638,19 @@ class OuterProblem:
         the inner gradients constant (cheaper, but blind to how a step changes the adaptation:
         on PointNav it lets the pre-update policy drift until the line search stalls).
         With ``fisher_product="gauss_newton"`` that metric comes as the equal
-        :class:`GaussNewtonKL` (:meth:`fisher_gauss_newton`) instead of the KL."""
+        :class:`GaussNewtonKL` (:meth:`fisher_gauss_newton`, Meta-SGD) or
+        :class:`FisherProduct` (:meth:`fisher_product`, scalar inner lr) instead of the KL; for
+        a Gaussian tanh/ReLU MLP with a scalar inner lr the whole objective is written out
+        (:meth:`_analytic_objective`: the loss comes with its gradient, :class:`LossWithGrad`)."""
         cfg, q = self.learner.config, self.query
+        if second_order and cfg.fisher_product == "gauss_newton" and self.analytic:
+            return self._analytic_objective(outer)
         logp, kl = self.logp_and_kl(outer, second_order)
         with torch.set_grad_enabled(second_order):
             ratio = torch.exp(logp - q.logp)
             loss = -_masked_task_mean(ratio * q.advantages, q.mask).mean()
         if second_order and cfg.fisher_product == "gauss_newton":
-            gn = self.fisher_gauss_newton(outer)
+            gn = self.fisher_gauss_newton(outer) if self.learner.lrs else self.fisher_product(outer)
             gn.kl = kl.item()
             return loss, gn
         subset = cfg.fisher_subsample > 1 or 0 < cfg.fisher_tasks < self.num_tasks

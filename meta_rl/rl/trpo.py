@@ -7,12 +7,16 @@ meta-params on each task's support data first, so the Fisher-vector products dif
 through the inner update (second order; ``second_order=False`` asks for a cheap evaluation,
 e.g. during the line search).
 
-1. ``g = d loss / d params``; Fisher-vector products ``F v = d/dparams (d kl/dparams . v)``, or,
+1. ``g = d loss / d params`` (or as the objective returns it: :class:`LossWithGrad`);
+   Fisher-vector products ``F v = d/dparams (d kl/dparams . v)``, or,
    when the objective returns a :class:`GaussNewtonKL` instead of the KL, the equal
    Gauss-Newton form ``F v = J^T M J v`` (see there; one Jacobian-vector and one vector-Jacobian
-   product per CG iteration instead of a double backward of the KL's gradient).
+   product per CG iteration instead of a double backward of the KL's gradient); or, when it
+   returns a :class:`FisherProduct`, that product as given (e.g. computed piecewise through
+   the inner update, see ``meta_rl.rl.maml.OuterProblem.fisher_product``).
 2. Conjugate gradient solves ``F x = -g`` in ``cg_iters`` products (``damping`` added).
-3. Scale ``x`` to the KL boundary: ``step = sqrt(2 max_kl / x^T F x) * x``.
+3. Scale ``x`` to the KL boundary: ``step = sqrt(2 max_kl / x^T F x) * x`` (``F x = -g - r``
+   from CG's residual ``r``: no extra product).
 4. Backtracking line search: accept the first ``ratio^i * step`` that lowers the loss and keeps
    ``kl <= max_kl``; otherwise keep the old params.
 """
@@ -29,8 +33,12 @@ from torch import Tensor
 __all__ = [
     "TRPOInfo",
     "GaussNewtonKL",
+    "FisherProduct",
+    "LossWithGrad",
     "conjugate_gradient",
     "trpo_step",
+    "loss_and_grad",
+    "fisher_vector_product",
     "hessian_fvp",
     "gauss_newton_fvp",
     "flat",
@@ -54,7 +62,27 @@ class GaussNewtonKL:
     kl: float = 0.0
 
 
-Objective = Callable[[dict[str, Tensor], bool], tuple[Tensor, "Tensor | GaussNewtonKL"]]
+@dataclass
+class FisherProduct:
+    """TRPO's metric as a ready product ``matvec(v) -> F v`` on flat vectors (ordered like the
+    params passed to :func:`trpo_step`; no damping: the step adds it). ``kl`` is the KL's
+    value (a float)."""
+
+    matvec: Callable[[Tensor], Tensor]
+    kl: float = 0.0
+
+
+@dataclass
+class LossWithGrad:
+    """A second-order objective's loss whose gradient the objective computed itself: ``value``
+    (a scalar without graph) and ``grad`` (flat, ordered like the params)."""
+
+    value: Tensor
+    grad: Tensor
+
+
+Metric = "Tensor | GaussNewtonKL | FisherProduct"
+Objective = Callable[[dict[str, Tensor], bool], tuple["Tensor | LossWithGrad", Metric]]
 
 
 @dataclass
@@ -86,6 +114,13 @@ def conjugate_gradient(
     matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10, tol: float = 1e-10
 ) -> Tensor:
     """Approximately solve ``A x = b`` for symmetric positive definite ``A`` given as ``matvec``."""
+    return _conjugate_gradient(matvec, b, iters, tol)[0]
+
+
+def _conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float
+) -> tuple[Tensor, Tensor]:
+    """(x, r): the CG solution and its residual ``r = b - A x`` (kept by the recursion)."""
     x = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
@@ -100,7 +135,7 @@ def conjugate_gradient(
         rr_new = r.dot(r)
         p = r + (rr_new / rr) * p
         rr = rr_new
-    return x
+    return x, r
 
 
 def _grads(out: Tensor, leaves: list[Tensor], **kw) -> Tensor:
@@ -152,6 +187,29 @@ def _grads_out(outs: list[Tensor], leaves: list[Tensor], grad_outputs: list[Tens
     return flat([torch.zeros_like(v) if g is None else g for v, g in zip(leaves, gs, strict=True)])
 
 
+def fisher_vector_product(
+    metric: Tensor | GaussNewtonKL | FisherProduct, leaves: list[Tensor], damping: float
+) -> Callable[[Tensor], Tensor]:
+    """``v -> F v + damping v`` for any of the metric forms an objective may return."""
+    if isinstance(metric, FisherProduct):
+        matvec = metric.matvec
+        return lambda v: matvec(v) + damping * v
+    if isinstance(metric, GaussNewtonKL):
+        return gauss_newton_fvp(metric, leaves, damping)
+    return hessian_fvp(metric, leaves, damping)
+
+
+def loss_and_grad(
+    leaves: list[Tensor], objective: Objective, params: Mapping[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor | GaussNewtonKL | FisherProduct]:
+    """(loss, flat gradient, the metric) of the second-order objective at the current params."""
+    loss, metric = objective(dict(params), True)
+    if isinstance(loss, LossWithGrad):
+        return loss.value.detach(), loss.grad, metric
+    g = _grads(loss, leaves, retain_graph=isinstance(metric, Tensor))
+    return loss.detach(), g, metric
+
+
 def _natural_direction(
     leaves: list[Tensor],
     objective: Objective,
@@ -160,16 +218,13 @@ def _natural_direction(
     cg_iters: int,
 ) -> tuple[float, Tensor, Tensor, float]:
     """(loss, gradient, CG solution of F x = -g, 0.5 x^T F x) at the current params."""
-    loss, kl = objective(dict(params), True)
-    g = _grads(loss, leaves, retain_graph=True)
-    if isinstance(kl, GaussNewtonKL):
-        fvp = gauss_newton_fvp(kl, leaves, damping)
-    else:
-        fvp = hessian_fvp(kl, leaves, damping)
+    loss, g, metric = loss_and_grad(leaves, objective, params)
+    fvp = fisher_vector_product(metric, leaves, damping)
 
-    direction = conjugate_gradient(fvp, -g.detach(), cg_iters)
-    shs = 0.5 * direction.dot(fvp(direction)).item()
-    return loss.item(), g.detach(), direction.detach(), shs
+    # F x = b - r (CG's residual recursion), so x^T F x needs no further product
+    direction, residual = _conjugate_gradient(fvp, -g, cg_iters, 1e-10)
+    shs = 0.5 * direction.dot(-g - residual).item()
+    return loss.item(), g, direction.detach(), shs
 
 
 def trpo_step(
