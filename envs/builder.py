@@ -30,9 +30,18 @@ Example: a user family of heavier or lighter Acrobot links in a few lines::
     obs, info = env.reset(seed=0, options={"task": task})
 
 Ranges are ``(low, high)`` (uniform), a list of values (``Choice``), or any
-:class:`~meta_rl_envs.core.Param` named like the attribute. Bind the built class at module level
-under its name (``{name}Family``, or pass ``class_name``): envs and tasks then pickle, the task
-class being reachable as ``Family.task_cls``. Subclass the built class to change more (e.g.
+:class:`~meta_rl_envs.core.Param` named like the attribute.
+
+A key may also be a path into the env: ``"a.b"`` or ``"a.b[i]"`` (``"a.b[i, j]"``), e.g. a
+MuJoCo model array entry such as ``"model.body_mass[1]"`` (HalfCheetah's torso). The task
+field is then the path made an identifier (``model_body_mass_1``), and ``set_task`` writes the
+value in place (MuJoCo's model arrays are views into the simulator, so the next step uses it).
+Quantities MuJoCo derives from the model (e.g. ``body_subtreemass``) are refreshed by
+``mujoco.mj_setConst(env.model, env.data)`` in ``derived`` when they matter.
+
+Bind the built class at module level under its name (``{name}Family``, or pass
+``class_name``): envs and tasks then pickle, the task class being reachable as
+``Family.task_cls``. Subclass the built class to change more (e.g.
 ``CartPoleFamily`` replaces ``_base_reset`` to draw its initial state through ``_noise``).
 """
 
@@ -41,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from numbers import Real
@@ -77,6 +87,56 @@ def _resolve_base(base: str | type[gym.Env]) -> tuple[type[gym.Env], dict[str, A
     raise TaskError(
         f"base={base!r} is neither a registered Gymnasium env id nor a gymnasium.Env subclass"
     )
+
+
+_PATH = re.compile(r"^([A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*)(?:\[\s*(\d+(?:\s*,\s*\d+)*)\s*\])?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """Where a task parameter lives in the env: ``env.a.b`` or ``env.a.b[index]``."""
+
+    path: str
+    parts: tuple[str, ...]
+    index: tuple[int, ...] | None
+
+    @property
+    def field(self) -> str:
+        """The task field's name: the path itself, or the path made an identifier."""
+        return self.path if self.path.isidentifier() else re.sub(r"\W+", "_", self.path).strip("_")
+
+    @classmethod
+    def parse(cls, path: Any) -> _Target:
+        m = _PATH.match(path) if isinstance(path, str) else None
+        if m is None:
+            raise TaskError(
+                f"parameter {path!r} is neither an attribute name nor a path; use 'attr', "
+                "'a.b' or 'a.b[i]' (e.g. 'model.body_mass[1]')"
+            )
+        index = tuple(int(i) for i in m.group(2).split(",")) if m.group(2) else None
+        return cls(path, tuple(m.group(1).split(".")), index)
+
+    def get(self, env: Any) -> Any:
+        obj = env
+        for part in self.parts:
+            obj = getattr(obj, part)
+        return obj[self.index] if self.index is not None else obj
+
+    def set(self, env: Any, value: Any) -> None:
+        if len(self.parts) == 1 and self.index is None:
+            setattr(env, self.parts[0], value)
+            return
+        parent = env
+        for part in self.parts[:-1]:
+            parent = getattr(parent, part)
+        if self.index is not None:
+            getattr(parent, self.parts[-1])[self.index] = value
+            return
+        current = getattr(parent, self.parts[-1])
+        if isinstance(current, np.ndarray):
+            current[...] = value  # in place: e.g. a MuJoCo model array the simulator reads
+        else:
+            setattr(parent, self.parts[-1], value)
 
 
 def _numeric_attrs(env: gym.Env) -> list[str]:
@@ -161,13 +221,15 @@ def make_family(
     env_kwargs: Mapping[str, Any] | None = None,
     module: str | None = None,
     class_name: str | None = None,
+    space_cls: type[TaskSpace] = TaskSpace,
 ) -> type:
     """A family class over ``base`` whose tasks set the attributes in ``params``.
 
     Args:
         base: a registered Gymnasium env id (e.g. ``"CartPole-v1"``) or a ``gymnasium.Env`` class.
         params: ``{attribute: (low, high)}`` (uniform), ``{attribute: [v1, v2, ...]}`` (choice)
-            or ``{attribute: Param}``.
+            or ``{attribute: Param}``; an attribute may be a path such as
+            ``"model.body_mass[1]"`` (its task field: ``model_body_mass_1``).
         name: the family name (``Task.family``, class names ``{name}Family``/``{name}Task``);
             default: the id without its version, or the class name without ``Env``.
         ood: ``{attribute: [(low, high), ...]}`` held-out intervals outside the range.
@@ -177,6 +239,8 @@ def make_family(
         module: ``__module__`` of the built classes (default: the caller's, for pickling).
         class_name: the built class's name (default ``{name}Family``); give the name it is bound
             to in ``module`` when that differs, so instances pickle.
+        space_cls: the :class:`~meta_rl_envs.core.TaskSpace` subclass holding the parameters
+            (e.g. one with its own split rule, like HalfCheetahDir's two training-only tasks).
     """
     env_cls, registered_kwargs, base_horizon = _resolve_base(base)
     if not isinstance(params, Mapping) or not params:
@@ -197,29 +261,40 @@ def make_family(
     ):
         raise TaskError(f"horizon={default_horizon!r} must be a positive integer or None")
 
-    # Probe one instance: every attribute must exist and be numeric.
+    # Probe one instance: every attribute (or path) must exist and be numeric.
+    targets = [_Target.parse(key) for key in params]
+    fields_seen: dict[str, str] = {}
+    for t in targets:
+        if t.field in fields_seen:
+            raise TaskError(
+                f"parameters {fields_seen[t.field]!r} and {t.path!r} both make the task field "
+                f"{t.field!r}; rename one"
+            )
+        fields_seen[t.field] = t.path
     probe = env_cls(**base_kwargs)
     try:
         have = _numeric_attrs(probe)
         defaults: dict[str, Any] = {}
         space_params: list[Param] = []
-        for attr, spec in params.items():
-            if not isinstance(attr, str) or not hasattr(probe, attr):
-                close = difflib.get_close_matches(str(attr), have, n=3)
+        for t, (attr, spec) in zip(targets, params.items(), strict=True):
+            try:
+                current = t.get(probe)
+            except (AttributeError, IndexError, TypeError, KeyError) as err:
+                close = difflib.get_close_matches(t.parts[0], have, n=3)
                 raise TaskError(
                     f"{env_cls.__name__} has no attribute {attr!r}"
                     + (f" (did you mean {close}?)" if close else "")
+                    + (f" ({type(err).__name__}: {err})" if len(t.parts) > 1 or t.index else "")
                     + f"; numeric attributes it has: {have[:20]}"
-                )
-            current = getattr(probe, attr)
+                ) from err
             if callable(current) or not np.issubdtype(np.asarray(current).dtype, np.number):
                 raise TaskError(
                     f"{env_cls.__name__}.{attr} = {current!r} is not numeric; "
                     f"numeric attributes it has: {have[:20]}"
                 )
-            param = _as_param(attr, spec, ood.get(attr))
+            param = _as_param(t.field, spec, ood.get(attr))
             space_params.append(param)
-            defaults[attr] = _default_value(param, current)
+            defaults[t.field] = _default_value(param, current)
     finally:
         probe.close()
 
@@ -240,7 +315,9 @@ def make_family(
             "__repr__": _task_repr,
         },
     )
-    space = TaskSpace(task_cls, space_params)
+    if not (isinstance(space_cls, type) and issubclass(space_cls, TaskSpace)):
+        raise TaskError(f"space_cls={space_cls!r} is not a TaskSpace subclass")
+    space = space_cls(task_cls, space_params)
     derive = derived
 
     def __init__(self, horizon: int | None = default_horizon, **kwargs: Any) -> None:
@@ -253,9 +330,9 @@ def make_family(
         self.set_task(task_cls())
 
     def _on_task_set(self) -> None:
-        for p in space_params:
+        for p, target in zip(space_params, targets, strict=True):
             value = getattr(self.task, p.name)
-            setattr(self, p.name, value if not p.shape else np.asarray(value).reshape(p.shape))
+            target.set(self, value if not p.shape else np.asarray(value).reshape(p.shape))
         self.update_derived()
 
     def update_derived(self) -> None:

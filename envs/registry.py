@@ -5,6 +5,7 @@ Entry points are strings, so registering imports no family module until it is ma
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,17 @@ def add_family(spec: FamilySpec) -> None:
 
 
 def check_id(env_id: str) -> FamilySpec:
+    if env_id not in FAMILIES and _ML1_ID.match(env_id) and extra_available("metaworld"):
+        add_family(ml1_spec(_ML1_ID.match(env_id).group(1) + "-v3"))  # any ML1 env on demand
     if env_id not in FAMILIES:
+        extra = next((s.extra for s in _OPTIONAL if s.env_id == env_id), None)
+        if extra is None and _ML1_ID.match(env_id):
+            extra = "metaworld"
+        if extra is not None:
+            raise TaskError(
+                f"family {env_id!r} needs the '{extra}' extra, which is not installed: "
+                f"pip install 'meta-rl[{extra}]'"
+            )
         known = ", ".join(sorted(FAMILIES))
         raise TaskError(f"unknown family id {env_id!r}; registered families: {known}")
     return FAMILIES[env_id]
@@ -59,9 +70,20 @@ def make_batched(env_id: str, num_tasks: int, envs_per_task: int = 1, device: st
     )
 
 
+def extra_available(extra: str) -> bool:
+    """Whether the module an optional family needs (its extra's name) can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec(extra) is not None
+
+
 def register_all() -> None:
+    """Register the built-in families, and the optional ones whose extra is installed."""
     for spec in _BUILTIN:
         add_family(spec)
+    for spec in _OPTIONAL:
+        if spec.extra is not None and extra_available(spec.extra):
+            add_family(spec)
 
 
 _BUILTIN = [
@@ -98,5 +120,71 @@ _BUILTIN = [
         "MetaRL/MountainCarContinuous-v0",
         "meta_rl_envs.classic:MountainCarContinuousFamily",
         "MountainCarContinuous-v0 with sampled engine power",
+    ),
+]
+
+_ML1_ID = re.compile(r"^MetaRL/ML1-([a-z0-9-]+)-v0$")
+
+
+def ml1_spec(env_name: str, check: bool = True) -> FamilySpec:
+    """The family spec of Meta-World ML1 on ``env_name`` (e.g. "door-open-v3"), id
+    ``MetaRL/ML1-door-open-v0``. Three are registered up front (reach, push, pick-place, the
+    Meta-World paper's ML1 tasks); :func:`check_id` registers the others when first asked for.
+    ``check``: validate the name against Meta-World's list (imports metaworld, ~1 s)."""
+    if not env_name.endswith("-v3"):
+        raise TaskError(f"env_name={env_name!r} is not a Meta-World v3 env name (e.g. 'reach-v3')")
+    if check and extra_available("metaworld"):
+        from metaworld.env_dict import ALL_V3_ENVIRONMENTS
+
+        if env_name not in ALL_V3_ENVIRONMENTS:
+            raise TaskError(
+                f"env_name={env_name!r} is not a Meta-World v3 env; choose one of "
+                f"{sorted(ALL_V3_ENVIRONMENTS)}"
+            )
+    name = env_name.removesuffix("-v3")
+    return FamilySpec(
+        f"MetaRL/ML1-{name}-v0",
+        "meta_rl_envs.metaworld_tasks:MetaWorldFamily",
+        f"Meta-World ML1 {env_name}: 50 train / 50 test goals (Meta-World's), T=500",
+        kwargs={"benchmark": "ML1", "env_name": env_name},
+        extra="metaworld",
+    )
+
+
+# Families that need a pip extra (``FamilySpec.extra`` names both the extra and the module it
+# installs); registered only when that module can be imported.
+_LOCOMOTION = "MuJoCo v5, T=200"
+_OPTIONAL = [
+    FamilySpec(
+        "MetaRL/HalfCheetahVel-v0",
+        "meta_rl_envs.locomotion:HalfCheetahVelFamily",
+        f"HalfCheetah target velocity U[0,2] (MAML), ood U[2,3]; {_LOCOMOTION}",
+        extra="mujoco",
+    ),
+    FamilySpec(
+        "MetaRL/HalfCheetahDir-v0",
+        "meta_rl_envs.locomotion:HalfCheetahDirFamily",
+        f"HalfCheetah forward/backward (MAML), train split only; {_LOCOMOTION}",
+        extra="mujoco",
+    ),
+    FamilySpec(
+        "MetaRL/AntDir-v0",
+        "meta_rl_envs.locomotion:AntDirFamily",
+        f"Ant running in a direction, angle U[0,2pi); {_LOCOMOTION}",
+        extra="mujoco",
+    ),
+    FamilySpec(
+        "MetaRL/AntGoal-v0",
+        "meta_rl_envs.locomotion:AntGoalFamily",
+        f"Ant walking to a goal in the radius-3 disk (PEARL), ood 3<r<=4; {_LOCOMOTION}",
+        extra="mujoco",
+    ),
+    *(ml1_spec(f"{name}-v3", check=False) for name in ("reach", "push", "pick-place")),
+    FamilySpec(
+        "MetaRL/ML10-v0",
+        "meta_rl_envs.metaworld_tasks:MetaWorldFamily",
+        "Meta-World ML10: 10 train envs / 5 test envs x 50 goals (Meta-World's), T=500",
+        kwargs={"benchmark": "ML10"},
+        extra="metaworld",
     ),
 ]

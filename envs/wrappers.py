@@ -190,9 +190,11 @@ class BatchedTrialEnv:
     """
 
     def __init__(self, env: BatchedEnv, episodes_per_trial: int) -> None:
-        if not isinstance(env, BatchedEnv):
+        needed = ("set_tasks", "reset", "step", "num_envs", "horizon", "single_action_space")
+        if not isinstance(env, BatchedEnv) and not all(hasattr(env, a) for a in needed):
             raise TaskError(
-                f"env={env!r} is not a BatchedEnv; use TrialWrapper for a Gymnasium env"
+                f"env={env!r} has no batched-env contract (a BatchedEnv, or a VectorTaskEnv for "
+                "a family without a batched twin); use TrialWrapper for a single Gymnasium env"
             )
         self.env = env
         self.episodes_per_trial = _check_episodes(episodes_per_trial)

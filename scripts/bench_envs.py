@@ -11,6 +11,13 @@ and again), since the machine may be shared. Actions are drawn up front (torch o
 env's device, numpy for Gymnasium) so the timed loop only steps. One ``step`` call is one env
 step of every row. The batched CartPole runs as one TorchInductor-compiled kernel (its compile
 time is reported as a note); pass ``--no-compile`` for eager torch.
+
+The MuJoCo and Meta-World families have no batched twin; for them (when their extra is
+installed) the script times one env, stepping with random actions and resetting when an episode
+ends: ours (``MetaRL/HalfCheetahVel-v0``, ``MetaRL/ML1-reach-v0``) vs the plain env it wraps
+(Gymnasium's ``HalfCheetah-v5``; Meta-World's ``SawyerReachEnvV3`` on the same goal), both
+without the env checker, with the same horizon. The ratio (ours / plain, ~1) is the cost of the
+task layer. ``--scalar-steps`` sets the steps per measurement; ``--no-scalar`` skips it.
 """
 
 from __future__ import annotations
@@ -127,6 +134,46 @@ def gym_cartpole_runner(n: int, args) -> tuple[Callable[[], float], dict[str, fl
     return run, {}
 
 
+# --------------------------------------------------------------------------------------------
+# Families without a batched twin: one env, ours vs the plain env it wraps
+# --------------------------------------------------------------------------------------------
+def plain_halfcheetah() -> gym.Env:
+    return gym.make("HalfCheetah-v5", disable_env_checker=True, max_episode_steps=200)
+
+
+def plain_metaworld_reach() -> gym.Env:
+    import metaworld
+
+    bench = metaworld.ML1("reach-v3", seed=0)
+    env = bench.train_classes["reach-v3"]()
+    env.set_task(bench.train_tasks[0])  # our family's first train task is this goal
+    return env  # truncates itself at 500 steps
+
+
+SCALAR = {  # family id -> (extra, peer name, plain env, ours' kwargs)
+    "MetaRL/HalfCheetahVel-v0": ("mujoco", "HalfCheetah-v5", plain_halfcheetah, {}),
+    "MetaRL/ML1-reach-v0": ("metaworld", "Meta-World SawyerReach", plain_metaworld_reach, {}),
+}
+
+
+def scalar_runner(make: Callable[[], gym.Env], steps: int, budget: float) -> Callable[[], float]:
+    env = make()
+    env.reset(seed=0)
+    env.action_space.seed(1)
+    actions = [env.action_space.sample() for _ in range(steps)]
+
+    def step(i: int) -> None:
+        _, _, terminated, truncated, _ = env.step(actions[i])
+        if terminated or truncated:
+            env.reset()
+
+    def run() -> float:
+        done, secs = time_steps(step, steps, budget)
+        return done / secs
+
+    return run
+
+
 def best_of(runners: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
     """Interleave the runners ``repeats`` times; keep each one's best (the machine is shared,
     so the best round is the one least disturbed by other load)."""
@@ -150,11 +197,14 @@ def main() -> None:
     p.add_argument("--no-compile", action="store_true", help="eager torch for the batched envs")
     p.add_argument("--quick", action="store_true", help="64 and 1,024 envs, fewer steps")
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    p.add_argument("--scalar-steps", type=int, default=None, help="steps per scalar measurement")
+    p.add_argument("--no-scalar", action="store_true", help="skip the MuJoCo/Meta-World envs")
     args = p.parse_args()
     args.sizes = args.sizes or ([64, 1024] if args.quick else [64, 1024, 16384])
     args.steps = args.steps or (100 if args.quick else 500)
     args.budget = args.budget or (1.0 if args.quick else 2.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
+    args.scalar_steps = args.scalar_steps or (500 if args.quick else 2000)
     torch.set_num_threads(args.threads)
 
     results: dict[str, float] = {}
@@ -188,18 +238,40 @@ def main() -> None:
             if info["first_step_s"] > 1.0:
                 notes.append(f"{env_id} n={n}: first step {info['first_step_s']:.1f} s (compile)")
 
+    for env_id, (extra, peer_name, plain, kwargs) in SCALAR.items():
+        fam = env_id.split("/")[-1].split("-v")[0]
+        if args.no_scalar or (args.families and fam not in args.families):
+            continue
+        if env_id not in FAMILIES:
+            notes.append(f"{env_id}: skipped (pip install 'meta-rl[{extra}]')")
+            continue
+        key = fam.lower().replace("-", "_")
+
+        def ours_env(env_id: str = env_id, kwargs: dict = kwargs) -> gym.Env:
+            return gym.make(env_id, disable_env_checker=True, **kwargs)
+
+        runners = {
+            "ours": scalar_runner(ours_env, args.scalar_steps, args.budget),
+            "plain": scalar_runner(plain, args.scalar_steps, args.budget),
+        }
+        best = best_of(runners, args.repeats)
+        results[f"{key}_steps_per_s"] = best["ours"]
+        results[f"{key}_plain_steps_per_s"] = best["plain"]
+        results[f"{key}_vs_plain_ratio"] = best["ours"] / best["plain"]
+        rows.append((fam, 1, peer_name, best["plain"], best["ours"]))
+
     print(
         f"torch {torch.__version__}, gymnasium {gym.__version__}, threads {args.threads}, "
         f"compile {not args.no_compile}, best of {args.repeats} interleaved rounds, "
         f"{platform.machine()}, load average {os.getloadavg()[0]:.1f} at the end"
     )
     print(
-        f"{'family':<12} {'envs':>7} {'peer':<18} {'peer steps/s':>14} {'ours steps/s':>14} "
+        f"{'family':<14} {'envs':>7} {'peer':<22} {'peer steps/s':>14} {'ours steps/s':>14} "
         f"{'ratio':>8}"
     )
     for fam, n, peer_name, peer_sps, ours_sps in rows:
         print(
-            f"{fam:<12} {n:>7} {peer_name:<18} {peer_sps:>14,.0f} {ours_sps:>14,.0f} "
+            f"{fam:<14} {n:>7} {peer_name:<22} {peer_sps:>14,.0f} {ours_sps:>14,.0f} "
             f"{ours_sps / peer_sps:>7.1f}x"
         )
     for note in notes:
