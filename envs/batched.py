@@ -82,9 +82,18 @@ class BatchedEnv:
         return [t for t in self.tasks for _ in range(self.envs_per_task)]
 
     # -- stepping ------------------------------------------------------------------------
+    row_window: tuple[int, int] | None = None
+    """``(first_row, total_rows)``: this env is rows ``[first_row, first_row + num_envs)`` of a
+    ``total_rows``-row env (a data-parallel shard); its noise is drawn for all ``total_rows``
+    rows and sliced, so each row sees the numbers it would see in the whole env."""
+
     def _rand(self, kind: str, k: int) -> torch.Tensor:
         """``(num_envs, k)`` uniforms in [0, 1); ``kind`` is ``"step"`` or ``"reset"``."""
-        return torch.rand((self.num_envs, k), generator=self.generator, device=self.device)
+        if self.row_window is None:
+            return torch.rand((self.num_envs, k), generator=self.generator, device=self.device)
+        first, total = self.row_window
+        full = torch.rand((total, k), generator=self.generator, device=self.device)
+        return full[first : first + self.num_envs]
 
     def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
         if not self.tasks:

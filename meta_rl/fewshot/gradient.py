@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meta_rl import distributed
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import ConfigError, bounds
 from meta_rl.core import (
@@ -101,8 +102,6 @@ class GradientFewShotConfig(GlyphData):
     """evaluation adapts with 1..eval_inner_steps steps (metrics at each)"""
     baseline: bool = True
     """sinusoid: also train and evaluate the pretrained (joint-training) baseline"""
-    threads: int = field(default=0, metadata=bounds(ge=0))
-    """torch CPU threads (0: leave torch's default)"""
 
     def check(self) -> None:
         if self.task == "sine" and self.hidden and min(self.hidden) < 1:
@@ -335,13 +334,13 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
     """Meta-train ``config.algorithm`` on ``config.task``; returns the final metrics."""
     if not isinstance(config, GradientFewShotConfig):
         raise TypeError(f"config must be a GradientFewShotConfig, got {type(config).__name__}")
-    device = torch.device(
-        "cuda"
-        if config.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if config.device == "auto" else config.device)
-    )
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    from meta_rl_envs.batched import resolve_device
+
+    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    config = dist.sync_config(config)
+    shard = dist.shard(config.meta_batch_size)  # this rank's tasks of each meta-batch
+    device = resolve_device(config.device)
+    config.apply_num_threads()
     if device.type == "cpu":
         tune_cpu_allocator()
     gen = torch.Generator().manual_seed(config.seed)
@@ -358,17 +357,18 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
     opt = torch.optim.Adam([*params.values(), *lrs.values()], lr=config.outer_lr, fused=True)
 
     start = 0
+    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
+    if ck is not None:
+        with torch.no_grad():
+            for k, v in params.items():
+                v.copy_(ck.tensors[k])
+            for k, v in lrs.items():
+                v.copy_(ck.tensors[f"lr/{k}"])
+        opt.load_state_dict(ck.state["optimizer"])
+        set_rng_state(gen, ck.state["rng"])
+        start = ck.step
+    dist.broadcast_([*params.values(), *lrs.values()])
     if run is not None:
-        ck = run.load_last(device)
-        if ck is not None:
-            with torch.no_grad():
-                for k, v in params.items():
-                    v.copy_(ck.tensors[k])
-                for k, v in lrs.items():
-                    v.copy_(ck.tensors[f"lr/{k}"])
-            opt.load_state_dict(ck.state["optimizer"])
-            set_rng_state(gen, ck.state["rng"])
-            start = ck.step
         run.progress(config.iterations, key="train/loss")
 
     def save(step: int) -> None:
@@ -386,7 +386,7 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
 
     t0 = time.perf_counter()
     for it in range(start, config.iterations):
-        support, query = task.sample(config.meta_batch_size)
+        support, query = shard.take(task.sample(config.meta_batch_size))  # all drawn, ours kept
         if algo == "reptile":
             direction = reptile_direction(
                 task.loss_fn,
@@ -396,6 +396,7 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
                 config.reptile_steps,
                 factored=task.factored,
             )
+            direction = {k: dist.all_reduce(d * shard.weight) for k, d in direction.items()}
             reptile_update_(params, direction, config.reptile_epsilon)
             train_loss = float(torch.stack([d.pow(2).sum() for d in direction.values()]).sum())
             key = "train/direction_sq"
@@ -404,9 +405,11 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
                 params, support, query, lr, config.inner_steps, algo == "fomaml", adapt
             )
             opt.zero_grad(set_to_none=True)
-            out.loss.backward()
+            (out.loss * shard.weight).backward()  # this rank's share of the mean over tasks
+            dist.all_reduce_grads([*params.values(), *lrs.values()])
             opt.step()
-            train_loss, key = float(out.loss.detach()), "train/loss"
+            train_loss = dist.weighted_sum({"l": float(out.loss.detach())}, shard.weight)["l"]
+            key = "train/loss"
         step = it + 1
         if not math.isfinite(train_loss):
             raise FloatingPointError(

@@ -33,6 +33,7 @@ Functions (``space`` is the single-env action space):
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import gymnasium as gym
 import torch
@@ -41,6 +42,7 @@ from torch import Tensor
 __all__ = [
     "check_space",
     "head_size",
+    "RowWindow",
     "noise",
     "sample_from_noise",
     "sample",
@@ -81,13 +83,29 @@ def head_size(space: gym.Space) -> int:
     return int(space.n) if _discrete(space) else int(space.shape[0])
 
 
+class RowWindow(NamedTuple):
+    """Use in place of a generator: :func:`noise` draws the noise of ``total`` rows (leading
+    axis) from ``generator`` and keeps rows ``[start, start + batch_shape[0])``, i.e. exactly
+    what those rows get in a ``total``-row draw (data-parallel shards, see meta_rl.distributed)."""
+
+    generator: torch.Generator | None
+    start: int
+    total: int
+
+
 def noise(
     space: gym.Space,
     batch_shape: tuple[int, ...] | torch.Size,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowWindow | None = None,
     device: str | torch.device = "cpu",
 ) -> Tensor:
     """The random numbers one :func:`sample` of ``batch_shape`` actions consumes."""
+    if isinstance(generator, RowWindow):
+        n = batch_shape[0]
+        if generator.start + n > generator.total:
+            raise ValueError(f"rows [{generator.start}, {generator.start + n}) exceed {generator}")
+        full = noise(space, (generator.total, *batch_shape[1:]), generator.generator, device)
+        return full[generator.start : generator.start + n]
     size = (*batch_shape, head_size(space))
     if _discrete(space):
         return torch.rand(size, generator=generator, device=device)
@@ -110,7 +128,7 @@ def sample(
     space: gym.Space,
     head_out: Tensor,
     log_std: Tensor | None,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | RowWindow | None = None,
 ) -> Tensor:
     """An action per row of ``head_out`` drawn with ``generator``."""
     eps = noise(space, head_out.shape[:-1], generator, head_out.device)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from meta_rl import distributed
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
 from meta_rl.core import Params, expand_params, init_metasgd_lrs, inner_update
@@ -54,6 +55,8 @@ __all__ = [
     "TaskData",
     "MetaLearner",
     "train",
+    "AdaptationCurve",
+    "adaptation_curve",
     "evaluate_adaptation",
 ]
 
@@ -680,27 +683,51 @@ def _stopped(what: str, step: int, detail: str, run: Any) -> TrainingDiverged:
 # --------------------------------------------------------------------------------------------
 # Evaluation: return before and after each inner step on held-out tasks
 # --------------------------------------------------------------------------------------------
-def evaluate_adaptation(
+@dataclass
+class AdaptationCurve:
+    """Per-task results of adapting from the meta-params for ``k = 0..steps`` inner steps."""
+
+    returns: Tensor
+    """[steps + 1, T] mean episode return of each task with the params after k steps"""
+    env_steps: Tensor
+    """[steps + 1, T] env steps of the episodes sampled at step k (the support of step k + 1)"""
+    params: dict[str, Tensor]
+    """stacked ``[T, ...]`` params after ``steps`` steps"""
+    episodes: list[Episodes]
+    """the episodes sampled at each k"""
+
+
+def adaptation_curve(
     learner: MetaLearner,
     env: Any,
     tasks: list[Any],
     steps: int,
     seed: int,
-) -> list[float]:
-    """Mean episode return on ``tasks`` after 0, 1, ..., ``steps`` inner steps (each step
-    adapts on episodes sampled with the previous step's params). Deterministic given ``seed``."""
+    after_sampling: Callable[[int, Episodes, Params], None] | None = None,
+) -> AdaptationCurve:
+    """Adapt the meta-params on every task of ``tasks`` (all at once in ``env``) and record each
+    task's return before and after each inner step (each step adapts on episodes sampled with
+    the previous step's params). Episodes of step ``k`` are sampled with the env reset seeded
+    ``seed + k`` and actions from ``torch.Generator().manual_seed(seed)``; each inner step is the
+    training's first-order policy-gradient step on those episodes. ``after_sampling(k, episodes,
+    params)`` is called after the episodes of each step are sampled. Deterministic given ``seed``.
+    """
     cfg = learner.config
     env.set_tasks(tasks)
     gen = torch.Generator(device=env.device).manual_seed(seed)
     outer = {k: v.detach() for k, v in learner.outer_params().items()}
     theta, lr = learner.split(outer)
     params = expand_params(theta, env.num_tasks)
-    curve = []
+    returns, steps_used, episodes = [], [], []
     for k in range(steps + 1):
         ep = sample_episodes(
             env, learner.policy, params, gen, seed=seed + k, horizon=cfg.horizon or None
         )
-        curve.append(ep.task_returns().mean().item())
+        episodes.append(ep)
+        if after_sampling is not None:
+            after_sampling(k, ep, params)
+        returns.append(ep.task_returns())
+        steps_used.append(ep.by_task(ep.mask).sum(1))
         if k < steps:
             adv = compute_advantages(
                 ep, cfg.gamma, cfg.gae_lambda, cfg.baseline, cfg.normalize_advantages
@@ -708,7 +735,19 @@ def evaluate_adaptation(
             data = TaskData.from_episodes(ep, adv)
             params = inner_update(learner.inner_loss, params, data, lr, 1, first_order=True)
             params = {n: v.detach() for n, v in params.items()}
-    return curve
+    return AdaptationCurve(torch.stack(returns), torch.stack(steps_used), params, episodes)
+
+
+def evaluate_adaptation(
+    learner: MetaLearner,
+    env: Any,
+    tasks: list[Any],
+    steps: int,
+    seed: int,
+) -> list[float]:
+    """Mean episode return over ``tasks`` after 0, 1, ..., ``steps`` inner steps
+    (:func:`adaptation_curve` averaged over tasks)."""
+    return adaptation_curve(learner, env, tasks, steps, seed).returns.mean(1).tolist()
 
 
 # --------------------------------------------------------------------------------------------
@@ -727,6 +766,8 @@ class MetaPGSetup:
     learner: MetaLearner
     task_rng: np.random.Generator
     action_gen: torch.Generator
+    shard: distributed.Shard
+    """this rank's tasks of each meta-batch (all of them in one process)"""
 
     def evaluate(self) -> dict[str, float]:
         """Mean return on the held-out tasks after 0..eval_inner_steps inner steps."""
@@ -739,14 +780,18 @@ class MetaPGSetup:
 
 def build_setup(cfg: MetaPGConfig) -> MetaPGSetup:
     """Seeds: tasks from ``seed``, actions from ``seed``, initial weights from ``seed + 1``,
-    held-out tasks from ``seed + 2``, evaluation episodes from ``seed + 3``."""
+    held-out tasks from ``seed + 2``, evaluation episodes from ``seed + 3``. Under torchrun the
+    training env holds this rank's shard of the meta-batch (see :mod:`meta_rl.distributed`)."""
     from meta_rl_envs.batched import resolve_device
 
+    cfg.apply_num_threads()
     device = resolve_device(cfg.device)
     env_kw = {"horizon": cfg.horizon} if cfg.horizon else {}
+    shard = distributed.context().shard(cfg.meta_batch)
     env = make_env(
-        cfg.env_id, cfg.meta_batch, cfg.episodes_per_task, str(device), cfg.env_backend, **env_kw
+        cfg.env_id, shard.size, cfg.episodes_per_task, str(device), cfg.env_backend, **env_kw
     )
+    distributed.attach_shard(env, shard)
     eval_env = make_env(
         cfg.env_id, cfg.eval_tasks, cfg.eval_episodes, str(device), cfg.env_backend, **env_kw
     )
@@ -768,6 +813,7 @@ def build_setup(cfg: MetaPGConfig) -> MetaPGSetup:
         learner=MetaLearner(policy, cfg),
         task_rng=np.random.default_rng(cfg.seed),
         action_gen=torch.Generator(device=device).manual_seed(cfg.seed),
+        shard=shard,
     )
 
 
@@ -777,9 +823,12 @@ def build_setup(cfg: MetaPGConfig) -> MetaPGSetup:
 def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
     """Meta-train per ``config``; ``run`` (a :class:`meta_rl.runs.Run`, or None) gets metrics
     and checkpoints. Returns the final metrics."""
-    cfg = config
+    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    cfg = config = dist.sync_config(config)
     setup = build_setup(cfg)
     device, env, policy, learner = setup.device, setup.env, setup.policy, setup.learner
+    shard = setup.shard
+    fisher_learner, fisher_weight = distributed.fisher_share(learner, shard)
     task_rng, action_gen = setup.task_rng, setup.action_gen
     optimizer = (
         torch.optim.Adam(list(learner.outer_params().values()), lr=cfg.ppo_lr)
@@ -799,7 +848,7 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
 
     # ---- resume ------------------------------------------------------------------------
     start = 0
-    ck = run.load_last(device) if run is not None else None
+    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
     if ck is not None:
         with torch.no_grad():
             for k, v in learner.outer_params().items():
@@ -811,6 +860,7 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
         start = ck.step
     elif run is not None:  # the meta-untrained policy, for reference
         run.log(0, setup.evaluate())
+    dist.broadcast_(learner.outer_params().values())
 
     metrics: dict[str, float] = {}
     last_saved = start
@@ -823,10 +873,10 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
             before = snapshot()
             old = {k: v.detach().clone() for k, v in learner.outer_params().items()}
             outer = learner.outer_params()
-            T = cfg.meta_batch
+            T = shard.size  # this rank's tasks
 
             # ---- 1. tasks --------------------------------------------------------------
-            env.set_tasks(env.sample_tasks(T, task_rng, "train"))
+            env.set_tasks(shard.take(env.sample_tasks(cfg.meta_batch, task_rng, "train")))
             env_seed = int(task_rng.integers(2**31 - 1))
 
             # ---- 2-3. support episodes and the inner loop (no meta-graph while sampling) -
@@ -857,30 +907,35 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                 ep, cfg.gamma, cfg.gae_lambda, cfg.baseline, cfg.normalize_advantages
             )
             query = TaskData.from_episodes(ep, adv)
-            problem = OuterProblem(learner, supports, query, params)
+            problem = OuterProblem(fisher_learner, supports, query, params)
+            objective = distributed.share_objective(
+                problem.trpo_objective, shard.weight, fisher_weight
+            )
 
             # ---- 5. outer update ----------------------------------------------------------
             if cfg.outer == "trpo":
                 info = trpo_step(
                     outer,
-                    problem.trpo_objective,
+                    objective,
                     max_kl=cfg.max_kl,
                     damping=cfg.cg_damping,
                     cg_iters=cfg.cg_iters,
                     ls_steps=cfg.ls_steps,
                     ls_ratio=cfg.ls_ratio,
+                    reduce=dist.all_reduce if dist.enabled else None,
                 )
                 loss_v, kl_v = info.loss_after, info.kl
                 extra = {"step_fraction": info.step_fraction, "grad_norm": info.grad_norm}
             else:
                 assert optimizer is not None
                 for _ in range(cfg.ppo_epochs):
-                    loss = problem.ppo_loss(outer, cfg.ppo_clip)
+                    loss = problem.ppo_loss(outer, cfg.ppo_clip) * shard.weight  # our share
                     optimizer.zero_grad()
                     loss.backward()
+                    dist.all_reduce_grads(outer.values())
                     optimizer.step()
-                _, kl = problem.trpo_objective(outer, False)
-                loss_v, kl_v = loss.item(), kl.item()
+                _, kl = objective(outer, False)
+                loss_v, kl_v = dist.all_reduce(torch.stack([loss.detach(), kl.detach()])).tolist()
                 extra = {}
 
             # ---- divergence checks (before anything is saved) -----------------------------
@@ -898,6 +953,11 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                     run.save(it, dict(old), before)
                 raise _stopped(trouble[0], step, trouble[1], run)
 
+            if dist.enabled:  # means over all tasks, steps of all ranks
+                w = shard.weight
+                g = dist.weighted_sum({"pre": returns_pre * w, "post": returns_post * w}, 1.0)
+                returns_pre, returns_post = g["pre"], g["post"]
+                env_steps = int(dist.weighted_sum({"n": env_steps}, 1.0)["n"])
             seconds = time.perf_counter() - t0
             total_steps += env_steps
             metrics = {

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from meta_rl import distributed
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import bounds
 from meta_rl.core import expand_params, inner_update, reptile_update_
@@ -54,8 +55,10 @@ class ReptileConfig(MetaPGConfig):
 def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
     """Meta-train with Reptile; ``run`` (a :class:`meta_rl.runs.Run`, or None) gets metrics and
     checkpoints. Returns the final metrics."""
-    cfg = config
+    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    cfg = config = dist.sync_config(config)
     setup = build_setup(cfg)
+    shard = setup.shard
     device, env, policy, learner = setup.device, setup.env, setup.policy, setup.learner
     task_rng, action_gen = setup.task_rng, setup.action_gen
     theta = learner.theta
@@ -65,7 +68,7 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
 
     # ---- resume ------------------------------------------------------------------------
     start = 0
-    ck = run.load_last(device) if run is not None else None
+    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
     if ck is not None:
         with torch.no_grad():
             for k, v in theta.items():
@@ -75,6 +78,7 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
         start = ck.step
     elif run is not None:
         run.log(0, setup.evaluate())
+    dist.broadcast_(theta.values())
 
     metrics: dict[str, float] = {}
     last_saved = start
@@ -85,10 +89,10 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
             t0 = time.perf_counter()
             before = snapshot()
             old = {k: v.detach().clone() for k, v in theta.items()}
-            T = cfg.meta_batch
+            T = shard.size  # this rank's tasks
 
             # ---- 1. tasks --------------------------------------------------------------
-            env.set_tasks(env.sample_tasks(T, task_rng, "train"))
+            env.set_tasks(shard.take(env.sample_tasks(cfg.meta_batch, task_rng, "train")))
             env_seed = int(task_rng.integers(2**31 - 1))
 
             # ---- 2. inner policy-gradient steps on fresh episodes, all tasks at once ----
@@ -110,6 +114,7 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
             # ---- 3. outer step toward the adapted params -------------------------------
             eps = cfg.outer_lr * (1.0 - it / cfg.iterations if cfg.anneal else 1.0)
             direction = {k: (params[k] - theta[k].detach()).mean(0) for k in theta}
+            direction = {k: dist.all_reduce(d * shard.weight) for k, d in direction.items()}
             reptile_update_(theta, direction, eps)
 
             if not all(bool(torch.isfinite(v).all()) for v in theta.values()):
@@ -120,6 +125,11 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
                     run.save(it, old, before)
                 raise _stopped("the parameters became NaN/inf", step, f"outer_lr={eps}", run)
 
+            if dist.enabled:  # means over all tasks, steps of all ranks
+                w = shard.weight
+                g = dist.weighted_sum({"pre": returns[0] * w, "last": returns[-1] * w}, 1.0)
+                returns = [g["pre"], g["last"]]
+                env_steps = int(dist.weighted_sum({"n": env_steps}, 1.0)["n"])
             seconds = time.perf_counter() - t0
             step_norm = math.sqrt(sum(float(d.square().sum()) for d in direction.values()))
             metrics = {

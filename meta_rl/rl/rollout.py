@@ -92,9 +92,15 @@ class VectorTaskEnv:
         for i, env in enumerate(self.envs.envs):
             env.unwrapped.set_task(self.tasks[i // self.envs_per_task])
 
+    row_window: tuple[int, int] | None = None
+    """``(first_row, total_rows)`` of a data-parallel shard: row ``i`` is reset with seed
+    ``seed + first_row + i``, as in the whole ``total_rows``-row env"""
+
     def reset(self, seed: int | None = None) -> tuple[Tensor, dict[str, Any]]:
         if not self.tasks:
             raise ValueError("call set_tasks(tasks) before reset()")
+        if seed is not None and self.row_window is not None:
+            seed = [seed + self.row_window[0] + i for i in range(self.num_envs)]
         obs, info = self.envs.reset(seed=seed)
         return self._tensor(obs), info
 
@@ -210,6 +216,9 @@ def sample_episodes(
     space = policy.action_space
     params = {k: v.detach() for k, v in params.items()}
     obs, _ = env.reset(seed=seed)
+    shard = getattr(env, "shard", None)  # a data-parallel shard (meta_rl.distributed)
+    if shard is not None:
+        generator = shard.noise(generator)
     alive = torch.ones(env.num_envs, dtype=torch.bool, device=obs.device)
     rec: dict[str, list[Tensor]] = {k: [] for k in ("obs", "act", "logp", "rew", "term", "mask")}
     for t in range(H):
@@ -231,7 +240,7 @@ def sample_episodes(
         alive = alive & ~(terminated | truncated)
         obs = next_obs
         # every 16 steps (one host sync): stop once every row's episode is over
-        if (t + 1) % 16 == 0 and not bool(alive.any()):
+        if (t + 1) % 16 == 0 and not (shard.any(alive) if shard else bool(alive.any())):
             break
     return Episodes(
         obs=torch.stack(rec["obs"]),

@@ -216,10 +216,18 @@ def _natural_direction(
     params: Mapping[str, Tensor],
     damping: float,
     cg_iters: int,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> tuple[float, Tensor, Tensor, float]:
     """(loss, gradient, CG solution of F x = -g, 0.5 x^T F x) at the current params."""
     loss, g, metric = loss_and_grad(leaves, objective, params)
-    fvp = fisher_vector_product(metric, leaves, damping)
+    if reduce is None:
+        fvp = fisher_vector_product(metric, leaves, damping)
+    else:  # data-parallel: sum the ranks' shares (see meta_rl.distributed)
+        loss, g = reduce(loss), reduce(g)
+        local = None if metric is None else fisher_vector_product(metric, leaves, 0.0)
+
+        def fvp(v: Tensor) -> Tensor:  # a rank without Fisher tasks (metric None) adds 0
+            return reduce(torch.zeros_like(v) if local is None else local(v)) + damping * v
 
     # F x = b - r (CG's residual recursion), so x^T F x needs no further product
     direction, residual = _conjugate_gradient(fvp, -g, cg_iters, 1e-10)
@@ -235,8 +243,13 @@ def trpo_step(
     cg_iters: int = 10,
     ls_steps: int = 15,
     ls_ratio: float = 0.8,
+    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> TRPOInfo:
-    """One TRPO update of the leaf tensors ``params`` in place (see the module docstring)."""
+    """One TRPO update of the leaf tensors ``params`` in place (see the module docstring).
+
+    ``reduce`` (data-parallel training) sums a tensor over the ranks: ``objective`` then returns
+    this rank's additive share of the loss and KL, and the gradient, the Fisher-vector products
+    and the line search's loss and KL are summed, so every rank takes the same step."""
     if max_kl <= 0:
         raise ValueError(f"max_kl={max_kl} must be > 0")
     names = list(params)
@@ -247,7 +260,7 @@ def trpo_step(
 
     # ---- natural gradient direction by conjugate gradient (second-order graph freed after) ---
     loss_before, g, direction, shs = _natural_direction(
-        leaves, objective, params, damping, cg_iters
+        leaves, objective, params, damping, cg_iters, reduce
     )
     if not math.isfinite(shs) or shs <= 0:
         return TRPOInfo(loss_before, loss_before, 0.0, 0.0, g.norm().item())
@@ -262,6 +275,8 @@ def trpo_step(
             for k in names:
                 params[k].copy_(trial[k])
         new_loss, new_kl = objective(dict(params), False)
+        if reduce is not None:
+            new_loss, new_kl = reduce(torch.stack([new_loss.detach(), new_kl.detach()]))
         new_loss_v, new_kl_v = new_loss.item(), new_kl.item()
         if math.isfinite(new_loss_v) and new_loss_v < loss_before and new_kl_v <= max_kl:
             return TRPOInfo(loss_before, new_loss_v, new_kl_v, frac, g.norm().item())
