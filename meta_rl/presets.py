@@ -115,6 +115,32 @@ _BANDIT = {"env_id": "MetaRL/Bandit-v0", "env_kwargs": {"k": 5}}
 _TABULAR = {"env_id": "MetaRL/TabularMDP-v0"}
 _NAV = {"env_id": "MetaRL/PointNav-v0", "episodes_per_trial": 2}
 _MANN = {"policy": "memory"}
+# MuJoCo / Meta-World (extras mujoco, metaworld): settings of the papers, meant for a GPU machine;
+# the families run as one Gymnasium env per row (no torch twin): ~1 MB per HalfCheetah row, ~23 MB
+# per Meta-World row (the ML1 MAML preset holds 20 x 10 + 10 x 5 = 250 rows: ~6 GB of RAM).
+_CHEETAH_VEL = {"env_id": "MetaRL/HalfCheetahVel-v0"}  # target U[0, 2], H=200 (MAML)
+_ML1_REACH = {"env_id": "MetaRL/ML1-reach-v0"}  # Meta-World's 50 train / 50 test goals, H=500
+_MUJOCO_MAML = {  # MAML (Finn et al. 2017): 40 tasks x 20 episodes, one step of 0.1, 2 x 100 ReLU
+    **_CHEETAH_VEL,
+    "meta_batch": 40,
+    "episodes_per_task": 20,
+    "inner_lr": 0.1,
+    "hidden": (100, 100),
+    "activation": "relu",
+    "iterations": 500,
+    "eval_tasks": 40,
+    "eval_episodes": 10,
+}
+_ML1_MAML = {  # Meta-World's MAML-TRPO: 20 tasks x 10 episodes, one step of 0.1, 2 x 100 tanh
+    **_ML1_REACH,
+    "meta_batch": 20,
+    "episodes_per_task": 10,
+    "inner_lr": 0.1,
+    "hidden": (100, 100),
+    "iterations": 300,
+    "eval_tasks": 10,
+    "eval_episodes": 5,
+}
 
 PRESETS: dict[str, Preset] = {
     p.name: p
@@ -166,6 +192,21 @@ PRESETS: dict[str, Preset] = {
             _CARTPOLE_MAML,
             "MAML-TRPO on CartPole physics (pole length...), evaluated on the ood split",
         ),
+        _maml(
+            "smoke-pointnav",
+            {
+                "meta_batch": 20,
+                "episodes_per_task": 10,
+                "iterations": 30,
+                "hidden": (32, 32),
+                "eval_tasks": 20,
+                "eval_episodes": 10,
+                "eval_every": 10,
+                "checkpoint_every": 10,
+                "num_threads": 1,
+            },
+            "MAML-TRPO on PointNav in under a minute on a CPU (quick start; then meta-rl evaluate)",
+        ),
         Preset(
             "reptile-pointnav",
             "meta_rl.rl.reptile:train",
@@ -192,11 +233,14 @@ PRESETS: dict[str, Preset] = {
                 "episodes_per_trial": 100,
                 "hidden_size": 128,
                 "lr": 0.001,
-                "ent_coef": 0.05,
+                "gamma": 1.0,
+                "gae_lambda": 0.95,
+                "ent_coef": 0.01,
                 "time_feature": True,
+                "action_reward_input": True,
                 "reward_scale": 0.05,
                 "tasks_per_iteration": 256,
-                "iterations": 400,
+                "iterations": 300,
             },
             "RL^2 (GRU) on 5-armed Bernoulli bandits, n=100 pulls",
         ),
@@ -207,8 +251,12 @@ PRESETS: dict[str, Preset] = {
                 "episodes_per_trial": 10,
                 "hidden_size": 128,
                 "lr": 0.001,
-                "ent_coef": 0.05,
+                "gamma": 1.0,
+                "gae_lambda": 0.95,
+                "ent_coef": 0.01,
                 "time_feature": True,
+                "action_reward_input": True,
+                "separate_critic": True,
                 "reward_scale": 0.05,
                 "iterations": 300,
             },
@@ -221,8 +269,10 @@ PRESETS: dict[str, Preset] = {
                 "episodes_per_trial": 25,
                 "hidden_size": 128,
                 "lr": 0.001,
-                "ent_coef": 0.05,
+                "ent_coef": 0.01,
                 "time_feature": True,
+                "action_reward_input": True,
+                "separate_critic": True,
                 "reward_scale": 0.02,
                 "iterations": 150,
             },
@@ -273,6 +323,53 @@ PRESETS: dict[str, Preset] = {
                 "eval_tasks": 500,
             },
             "RL^2 with a memory-augmented policy on 2D point navigation, 2 episodes per trial",
+        ),
+        _maml(
+            "maml-trpo-halfcheetah-vel",
+            _MUJOCO_MAML,
+            "MAML-TRPO on HalfCheetahVel (target U[0,2], H=200; needs meta-rl[mujoco], a GPU box)",
+        ),
+        _maml(
+            "maml-ppo-halfcheetah-vel",
+            {**_MUJOCO_MAML, "outer": "ppo"},
+            "MAML with a PPO outer step on HalfCheetahVel (needs meta-rl[mujoco])",
+        ),
+        _rl2(
+            "rl2-halfcheetah-vel",
+            {
+                **_CHEETAH_VEL,
+                "episodes_per_trial": 2,
+                "hidden_size": 128,
+                "lr": 3e-4,
+                "tasks_per_iteration": 32,
+                "iterations": 2000,
+                "eval_tasks": 40,
+                "references": False,
+            },
+            "RL^2 (GRU) on HalfCheetahVel, trials of 2 episodes of 200 steps (VariBAD's setting)",
+        ),
+        _maml(
+            "maml-trpo-ml1-reach",
+            _ML1_MAML,
+            "MAML-TRPO on Meta-World ML1 reach (H=500; needs meta-rl[metaworld], a GPU box)",
+        ),
+        _maml(
+            "maml-ppo-ml1-reach",
+            {**_ML1_MAML, "outer": "ppo"},
+            "MAML with a PPO outer step on Meta-World ML1 reach (needs meta-rl[metaworld])",
+        ),
+        _rl2(
+            "rl2-ml1-reach",
+            {
+                **_ML1_REACH,
+                "episodes_per_trial": 10,
+                "lr": 3e-4,
+                "tasks_per_iteration": 20,
+                "iterations": 1000,
+                "eval_tasks": 10,
+                "references": False,
+            },
+            "RL^2 (GRU) on Meta-World ML1 reach, trials of 10 episodes of 500 steps",
         ),
     ]
 }
@@ -360,6 +457,7 @@ def train_oracle_pointnav(config: OracleNavConfig, run) -> dict[str, float]:
 
     from meta_rl.runs import due
 
+    config.apply_num_threads()
     device = resolve_device(config.device)
     env = make_batched(
         "MetaRL/PointNav-v0",

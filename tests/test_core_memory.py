@@ -160,3 +160,24 @@ def test_memory_core_episode_start_resets_rows():
     assert torch.allclose(out[3:, 0], fresh[:, 0], atol=1e-6)
     full, _ = core.unroll(xs, core.initial_state(2))
     assert torch.equal(out[:, 1], full[:, 1]) and not torch.allclose(out[3:, 0], full[3:, 0])
+
+
+def test_episodic_memory_appends_overwrites_oldest_and_reads_by_content():
+    batch, heads, slots, width = 2, 1, 3, 4
+    zeros = torch.zeros(batch, heads, slots, width)
+    state = M.EpisodicState(zeros, zeros.clone(), torch.zeros(batch, dtype=torch.long))
+    keys = 10.0 * torch.eye(width)[:, None, :].expand(width, heads, width)  # orthogonal keys
+    for t in range(4):  # 4 writes into 3 slots: the 4th replaces the 1st
+        row = torch.full((batch, heads, width), float(t))
+        state = M.episodic_write(state, keys[t].expand(batch, heads, width), row)
+    assert state.count.tolist() == [4, 4]
+    assert state.values[0, 0, :, 0].tolist() == [3.0, 1.0, 2.0]
+    valid = torch.ones(batch, 1, slots, dtype=torch.bool)
+    query = keys[1].expand(batch, heads, width).unsqueeze(2)  # [B, H, 1, W], matches row 1
+    read = M.episodic_read(query, state.keys, state.values, valid)
+    torch.testing.assert_close(read[:, 0, 0], torch.full((batch, width), 1.0), atol=1e-3, rtol=0)
+    valid[:, :, 1] = False  # an invalid row is never read, however well it matches
+    read = M.episodic_read(query, state.keys, state.values, valid)
+    assert (read[:, 0, 0] - 1.0).abs().min() > 0.5
+    with pytest.raises(ValueError, match="expected"):
+        M.episodic_write(state, torch.zeros(batch, heads, width + 1), torch.zeros(1))

@@ -7,7 +7,12 @@ import pytest
 import torch
 
 from meta_rl.policies import distributions as D
-from meta_rl.policies.recurrent import GRUPolicy, MemoryPolicy, index_state
+from meta_rl.policies.recurrent import (
+    EpisodicMemoryPolicy,
+    GRUPolicy,
+    MemoryPolicy,
+    index_state,
+)
 
 DISCRETE = gym.spaces.Discrete(5)
 BOX = gym.spaces.Box(-0.1, 0.1, (2,))
@@ -23,6 +28,10 @@ def _build(space):
     return [
         GRUPolicy(7, space, hidden_size=16),
         GRUPolicy(7, space, hidden_size=16, embed=8),
+        GRUPolicy(7, space, hidden_size=16, separate_critic=True, action_reward=(2, 5, 5)),
+        EpisodicMemoryPolicy(7, space, hidden_size=16, slots=8, width=4, heads=2),
+        EpisodicMemoryPolicy(7, space, 16, slots=4, width=4, heads=1, action_reward=(2, 5, 5)),
+        EpisodicMemoryPolicy(7, space, 16, slots=8, width=4, heads=2, transition_keys=True),
         MemoryPolicy(7, space, hidden_size=16, slots=8, width=4, heads=2),
         MemoryPolicy(7, space, hidden_size=16, slots=8, width=4, heads=1, controller="lstm"),
     ]
@@ -75,6 +84,33 @@ def test_gradients_flow_through_the_memory():
     assert policy.core.controller.weight_ih.grad.abs().sum() > 0
 
 
+def test_episodic_fast_unroll_equals_stepping():
+    """The fused path (fresh state, trial within the slots) equals stepping one by one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        policy = EpisodicMemoryPolicy(
+            7, DISCRETE, hidden_size=8, slots=10, width=4, heads=2, transition_keys=True
+        )
+    obs = torch.randn(10, 3, 7, generator=torch.Generator().manual_seed(2))
+    head_u, value_u, final = policy.unroll(obs, policy.initial_state(3))
+    state, heads = policy.initial_state(3), []
+    for t in range(10):
+        head, _, state = policy.step(obs[t], state)
+        heads.append(head)
+    torch.testing.assert_close(head_u, torch.stack(heads), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(final.keys, state.keys, rtol=1e-5, atol=1e-6)
+    assert final.count.tolist() == [10, 10, 10]
+    (head_u.sum() + value_u.sum()).backward()
+    assert policy.interface.weight.grad.abs().sum() > 0
+
+
+def test_action_reward_input_appends_per_action_rewards():
+    policy = GRUPolicy(7, DISCRETE, hidden_size=4, action_reward=(2, 5, 5))
+    obs = torch.tensor([[9.0, 9.0, 0.0, 1.0, 0.0, 0.5, 1.0]])
+    torch.testing.assert_close(policy._augment(obs)[0, 7:], torch.tensor([0.0, 0.5, 0.0]))
+    assert policy.gru.input_size == 10
+
+
 def test_bad_input_is_named():
     policy = GRUPolicy(7, DISCRETE, hidden_size=4)
     with pytest.raises(ValueError, match="obs_size=7"):
@@ -85,3 +121,7 @@ def test_bad_input_is_named():
         GRUPolicy(7, DISCRETE, hidden_size=0)
     with pytest.raises(ValueError, match="not supported"):
         GRUPolicy(7, gym.spaces.MultiBinary(3))
+    with pytest.raises(ValueError, match="action_reward=.*obs_size=7"):
+        GRUPolicy(7, DISCRETE, action_reward=(5, 9, 6))
+    with pytest.raises(ValueError, match="slots=0"):
+        EpisodicMemoryPolicy(7, DISCRETE, slots=0)

@@ -91,6 +91,28 @@ def test_memory_policy_trains_on_pointnav_box_actions():
     assert -2 * 5 * 1.5 < final["eval_return"] < 0  # a real trial of 2 episodes of 5 steps
 
 
+def test_episodic_policy_with_action_reward_input_trains_on_tabular():
+    config = RL2Config(
+        **{**TINY, "iterations": 2},
+        env_id="MetaRL/TabularMDP-v0",
+        env_kwargs={"horizon": 4},
+        episodes_per_trial=2,
+        policy="episodic",
+        memory_slots=8,
+        memory_width=4,
+        action_reward_input=True,
+        separate_critic=True,
+    )
+    env = make_trial_env(config, 2, 1, torch.device("cpu"))
+    assert make_policy(config, env, 0).action_reward == (10, 15, 15)  # [state, action, r, done]
+    final = train(config)
+    assert final["env_steps"] == 2 * 16 * 8
+    assert -8 * 6 < final["eval_return"] < 8 * 6  # 8 steps of rewards N(mu, 1), mu ~ N(1, 1)
+    with pytest.raises(ConfigError, match="action_reward_input=True needs a Discrete"):
+        box = RL2Config(**TINY, env_id="MetaRL/PointNav-v0", action_reward_input=True)
+        make_policy(box, make_trial_env(box, 2, 1, torch.device("cpu")), 0)
+
+
 def test_resume_continues_exactly(tmp_path):
     from meta_rl.runs import Run
 

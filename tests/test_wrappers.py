@@ -72,7 +72,7 @@ def test_bad_arguments_are_named():
         TrialWrapper(gym.make("MetaRL/Bandit-v0"), 0)
     with pytest.raises(TaskError, match="not a task family"):
         TrialWrapper(gym.make("CartPole-v1"), 2)
-    with pytest.raises(TaskError, match="not a BatchedEnv"):
+    with pytest.raises(TaskError, match="has no batched-env contract"):
         BatchedTrialEnv(gym.make("MetaRL/Bandit-v0"), 2)
 
 

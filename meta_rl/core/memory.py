@@ -33,9 +33,12 @@ from torch import Tensor, nn
 
 __all__ = [
     "CoreState",
+    "EpisodicState",
     "MemoryCore",
     "MemoryState",
     "address",
+    "episodic_read",
+    "episodic_write",
     "init_state",
     "least_used",
     "read",
@@ -352,3 +355,45 @@ class MemoryCore(nn.Module):
             _where_rows(keep, state.reads, fresh.reads),
             reset_rows(state.memory, reset, fresh.memory),
         )
+
+
+# -- an episodic (append) memory: one row written per step, read by content ------------------
+
+
+class EpisodicState(NamedTuple):
+    """An episodic memory of a batch: ``keys`` [B, heads, slots, width], ``values``
+    [B, heads, slots, value_width] and ``count`` [B] (rows written so far; the next write goes
+    to slot ``count % slots``, so a full memory overwrites its oldest row)."""
+
+    keys: Tensor
+    values: Tensor
+    count: Tensor
+
+
+def episodic_write(state: EpisodicState, keys: Tensor, values: Tensor) -> EpisodicState:
+    """Append one row per batch row: ``keys`` [B, heads, width], ``values`` [B, heads, vw]."""
+    b, h, slots = state.keys.shape[:3]
+    kw, vw = state.keys.shape[3], state.values.shape[3]
+    if keys.shape != (b, h, kw) or values.shape != (b, h, vw):
+        raise ValueError(
+            f"keys/values have shapes {tuple(keys.shape)}/{tuple(values.shape)}; expected "
+            f"{(b, h, kw)}/{(b, h, vw)}"
+        )
+    slot = (state.count % slots).view(b, 1, 1, 1)
+    return EpisodicState(
+        state.keys.scatter(2, slot.expand(b, h, 1, kw), keys.unsqueeze(2)),
+        state.values.scatter(2, slot.expand(b, h, 1, vw), values.unsqueeze(2)),
+        state.count + 1,
+    )
+
+
+def episodic_read(queries: Tensor, keys: Tensor, values: Tensor, valid: Tensor) -> Tensor:
+    """Content-based reads over the valid rows of an episodic memory.
+
+    ``queries`` [B, H, T, W] (T reads per batch row and head), ``keys`` [B, H, S, W],
+    ``values`` [B, H, S, V], ``valid`` [B, T, S] (bool: the rows read ``t`` may see; at least
+    one per read). Each head reads ``softmax_s(<q, k_s> / sqrt(W))``-weighted values over the
+    valid rows -> reads [B, H, T, V]."""
+    scores = torch.matmul(queries, keys.transpose(-1, -2)) / math.sqrt(queries.shape[-1])
+    scores = scores.masked_fill(~valid.unsqueeze(1), float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1), values)

@@ -27,17 +27,24 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import gymnasium as gym
 import numpy as np
 import torch
 from meta_rl_envs.batched import resolve_device
-from meta_rl_envs.registry import make_batched
+from meta_rl_envs.registry import check_id, make_batched
 from meta_rl_envs.wrappers import BatchedTrialEnv
 
+from meta_rl import distributed
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds
 from meta_rl.policies import distributions as D
-from meta_rl.policies.recurrent import GRUPolicy, MemoryPolicy, RecurrentPolicy
-from meta_rl.rl.ppo import normalize_advantages, ppo_loss
+from meta_rl.policies.recurrent import (
+    EpisodicMemoryPolicy,
+    GRUPolicy,
+    MemoryPolicy,
+    RecurrentPolicy,
+)
+from meta_rl.rl.ppo import ppo_loss
 from meta_rl.rl.returns import gae
 
 log = logging.getLogger(__name__)
@@ -67,18 +74,29 @@ class RL2Config(BaseConfig):
     """keyword arguments of the batched family (e.g. {"k": 5} arms, {"horizon": 100})"""
     episodes_per_trial: int = field(default=10, metadata=bounds(ge=1))
     """episodes of one task in a trial (RL^2's n); the policy's memory lives for a trial"""
-    policy: Literal["gru", "memory"] = "gru"
-    """"gru" (RL^2's GRU policy) or "memory" (recurrent controller + external LRUA memory)"""
+    policy: Literal["gru", "memory", "episodic"] = "gru"
+    """"gru" (RL^2's GRU policy), "memory" (recurrent controller + external LRUA memory) or
+    "episodic" (GRU controller + an episodic memory written every step, read by content)"""
     hidden_size: int = field(default=256, metadata=bounds(ge=1))
     """GRU / controller hidden units"""
     embed: int = field(default=0, metadata=bounds(ge=0))
     """GRU policy only: width of a tanh input embedding before the GRU (0: none)"""
+    action_reward_input: bool = False
+    """GRU/episodic policies, discrete actions: also feed the previous action's one-hot times the
+    previous reward (per-action rewards; the GRU otherwise has to form this product itself)"""
+    separate_critic: bool = False
+    """GRU policy only: the value comes from a second GRU, so value-loss gradients do not shape
+    the policy's features (RL^2 fitted a separate baseline)"""
     memory_slots: int = field(default=32, metadata=bounds(ge=1))
-    """memory policy: rows of the external memory"""
+    """memory/episodic policies: rows of the external memory (episodic: >= the trial length
+    keeps training on the fast path)"""
     memory_width: int = field(default=16, metadata=bounds(ge=1))
-    """memory policy: numbers per memory row"""
+    """memory/episodic policies: numbers per memory row and head"""
     memory_heads: int = field(default=2, metadata=bounds(ge=1))
-    """memory policy: read/write heads"""
+    """memory/episodic policies: read/write heads"""
+    transition_keys: bool = False
+    """episodic policy: key each memory row by the previous step (so a row stores a transition:
+    where the last action was taken -> its action, reward, outcome)"""
     controller: Literal["gru", "lstm"] = "gru"
     """memory policy: the controller cell"""
     time_feature: bool = False
@@ -128,8 +146,6 @@ class RL2Config(BaseConfig):
     """save a checkpoint every this many iterations (0: only at the end)"""
     log_every: int = field(default=5, metadata=bounds(ge=1))
     """write training metrics every this many iterations"""
-    num_threads: int = field(default=0, metadata=bounds(ge=0))
-    """torch CPU threads (0: leave torch's setting)"""
 
     def check(self) -> None:
         if self.tasks_per_iteration * self.envs_per_task < self.minibatches:
@@ -151,13 +167,29 @@ def make_trial_env(
     config: RL2Config, num_tasks: int, envs_per_task: int, device: torch.device
 ) -> BatchedTrialEnv:
     kwargs = {**FAMILY_DEFAULTS.get(config.env_id, {}), **config.env_kwargs}
-    env = make_batched(config.env_id, num_tasks, envs_per_task, device=str(device), **kwargs)
+    if check_id(config.env_id).batched is None:  # no torch twin: one Gymnasium env per row
+        from meta_rl.rl.rollout import VectorTaskEnv
+
+        env = VectorTaskEnv(config.env_id, num_tasks, envs_per_task, device=str(device), **kwargs)
+    else:
+        env = make_batched(config.env_id, num_tasks, envs_per_task, device=str(device), **kwargs)
     return BatchedTrialEnv(env, config.episodes_per_trial)
 
 
 def make_policy(config: RL2Config, env: BatchedTrialEnv, seed: int) -> RecurrentPolicy:
     """The config's policy for ``env``'s trial observations, initialised from ``seed``."""
     obs_size = env.single_observation_space.shape[0] + int(config.time_feature)
+    action_reward = None
+    if config.action_reward_input:
+        if not isinstance(env.single_action_space, gym.spaces.Discrete):
+            raise ConfigError(
+                f"action_reward_input=True needs a Discrete action space; {config.env_id} has "
+                f"{env.single_action_space}"
+            )
+        # trial observation: [obs, previous action one-hot, previous reward, previous done, ...]
+        k = int(env.single_action_space.n)
+        start = env.single_observation_space.shape[0] - k - 2
+        action_reward = (start, start + k, start + k)
     with torch.random.fork_rng(devices=[]):  # seed-determined weights, global RNG untouched
         torch.manual_seed(seed)
         if config.policy == "gru":
@@ -167,6 +199,20 @@ def make_policy(config: RL2Config, env: BatchedTrialEnv, seed: int) -> Recurrent
                 config.hidden_size,
                 embed=config.embed,
                 init_log_std=config.init_log_std,
+                separate_critic=config.separate_critic,
+                action_reward=action_reward,
+            )
+        elif config.policy == "episodic":
+            policy = EpisodicMemoryPolicy(
+                obs_size,
+                env.single_action_space,
+                config.hidden_size,
+                slots=config.memory_slots,
+                width=config.memory_width,
+                heads=config.memory_heads,
+                init_log_std=config.init_log_std,
+                action_reward=action_reward,
+                transition_keys=config.transition_keys,
             )
         else:
             policy = MemoryPolicy(
@@ -302,12 +348,15 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
     metrics and checkpoints; returns the final metrics (evaluation and references included)."""
     from meta_rl.runs import due
 
-    if config.num_threads:
-        torch.set_num_threads(config.num_threads)
+    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    config = dist.sync_config(config)
+    shard = dist.shard(config.tasks_per_iteration)  # this rank's tasks of each iteration
+    config.apply_num_threads()
     device = resolve_device(config.device)
 
     # ---- envs, policy, optimizer, generators --------------------------------------------
-    env = make_trial_env(config, config.tasks_per_iteration, config.envs_per_task, device)
+    env = make_trial_env(config, shard.size, config.envs_per_task, device)
+    distributed.attach_shard(env, shard)
     eval_env = make_trial_env(config, config.eval_tasks, 1, device)
     eval_env.set_tasks(eval_env.sample_tasks(config.eval_tasks, config.seed + 2, "test"))
     task_rng = np.random.default_rng(config.seed)
@@ -320,7 +369,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
 
     # ---- resume --------------------------------------------------------------------------
     start, env_steps = 0, 0
-    ck = run.load_last(device) if run is not None else None
+    ck = dist.load_last(run, device)
     if ck is not None:
         policy.load_state_dict(ck.tensors)
         optimizer.load_state_dict(ck.state["optimizer"])
@@ -351,7 +400,8 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
     metrics: dict[str, float] = {}
     start_steps = env_steps
     sample_time = update_time = 0.0
-    num_rows = env.num_envs
+    dist.broadcast_(policy.state_dict().values())
+    num_rows = shard.total * config.envs_per_task  # rows of the whole batch (all ranks)
     mb_size = num_rows // config.minibatches
     progress = run.progress(config.iterations, start, key="return") if run is not None else None
     try:
@@ -365,9 +415,11 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
 
             # ---- 1. sample tasks; 2. one whole trial per row ----------------------------
             t0 = time.perf_counter()
-            env.set_tasks(env.sample_tasks(config.tasks_per_iteration, task_rng, "train"))
+            tasks = env.sample_tasks(config.tasks_per_iteration, task_rng, "train")
+            env.set_tasks(shard.take(tasks))
             env.env.reset(seed=int(env_seed_gen.integers(2**31)))
-            trials = rollout(env, policy, action_gen, time_feature=config.time_feature)
+            noise = shard.noise(action_gen, config.envs_per_task)
+            trials = rollout(env, policy, noise, time_feature=config.time_feature)
             env_steps += env.max_trial_length * num_rows
 
             # ---- 3. GAE across episode ends inside a trial; cut only at trial ends ------
@@ -386,14 +438,14 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
             for _ in range(config.update_epochs):
                 perm = torch.randperm(num_rows, generator=perm_gen).to(device)
                 for b in range(config.minibatches):
-                    rows = perm[b * mb_size : (b + 1) * mb_size]
+                    rows = shard.rows(perm[b * mb_size : (b + 1) * mb_size], config.envs_per_task)
                     m = mask[:, rows]
                     head, values, _ = policy.unroll(
                         trials.obs[:, rows], policy.initial_state(len(rows), device)
                     )
                     logp = D.log_prob(space, head, policy.log_std, trials.actions[:, rows])
                     entropy = D.entropy(space, head, policy.log_std)
-                    adv = normalize_advantages(advantages[:, rows][m])
+                    adv, share = dist.normalize_advantages(advantages[:, rows][m])
                     loss, info = ppo_loss(
                         logp[m],
                         trials.logps[:, rows][m],
@@ -407,7 +459,8 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
                         ent_coef,
                     )
                     optimizer.zero_grad()
-                    loss.backward()
+                    (loss * share).backward()  # this rank's share of the minibatch mean
+                    dist.all_reduce_grads(policy.parameters())
                     torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
                     optimizer.step()
             t2 = time.perf_counter()
@@ -425,6 +478,8 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
                 "env_steps": float(env_steps),
                 "env_steps_per_s": (env_steps - start_steps) / max(sample_time + update_time, 1e-9),
             }
+            metrics.update(dist.weighted_sum({"return": metrics["return"]}, shard.weight))
+            metrics.update(dist.weighted_sum(vars(info), float(share)))  # the last minibatch's
             if due(step, config.eval_every, config.iterations):
                 metrics.update(evaluation())
             if run is not None and due(step, config.log_every, config.iterations):
