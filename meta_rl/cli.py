@@ -6,6 +6,8 @@
     meta-rl rollout --env MetaRL/PointNav-v0 --tasks 8 --steps 200
     meta-rl presets [NAME]                training presets (NAME: its config fields)
     meta-rl train PRESET_OR_YAML [--set key=value ...] [--out DIR] [--resume] [--no-progress]
+    meta-rl evaluate RUN [--split test|ood] [--tasks N] [--budget K] [--baselines none,ppo,...]
+                         [--ppo-multipliers 1,10,100] [--out DIR] [--json] [--no-progress]
 
 Bad input (unknown preset, bad ``--set``, a run folder that would be overwritten...) prints one
 line to stderr and exits with status 2; nothing is created before the config is valid.
@@ -381,6 +383,60 @@ def _pairs(items: Sequence[str]) -> list[tuple[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------
+# meta-rl evaluate
+# --------------------------------------------------------------------------------------------
+def _csv(kind: type, text: str) -> list[Any]:
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return [kind(t) for t in items]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from meta_rl.evaluate import evaluate, markdown_table, write_outputs
+
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run / f"evaluation-{args.split}"
+    env_kwargs = dict(_pairs(args.env_kwarg)) if args.env_kwarg else None
+    if env_kwargs is not None:
+        import yaml
+
+        env_kwargs = {k: yaml.safe_load(v) for k, v in env_kwargs.items()}
+    bar = tqdm(
+        total=None,
+        desc="evaluate",
+        disable=args.no_progress or not sys.stderr.isatty(),
+        dynamic_ncols=True,
+    )
+    with bar:
+        report = evaluate(
+            run,
+            split=args.split,
+            tasks=args.tasks,
+            budget=args.budget,
+            baselines=args.baselines,
+            seed=args.seed,
+            env_id=args.env,
+            env_kwargs=env_kwargs,
+            episodes=args.episodes,
+            ppo_multipliers=args.ppo_multipliers,
+            deterministic=args.deterministic,
+            device=args.device,
+            progress=bar,
+        )
+    paths = write_outputs(report, out)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(markdown_table(report))
+        print(f"\nwrote {paths['report']} and {paths['plot']}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 def _positive(text: str) -> int:
@@ -434,13 +490,58 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", help="adaptation on held-out tasks vs baselines: report.json + adaptation.png"
+    )
+    p.add_argument("run", metavar="RUN", help="run folder (from meta-rl train)")
+    p.add_argument("--split", default="test", help="test | ood | train (default: test)")
+    p.add_argument("--tasks", type=_positive, default=10, help="held-out tasks (default: 10)")
+    p.add_argument(
+        "--budget",
+        type=_positive,
+        default=None,
+        help="inner steps (gradient agents) or episodes per trial (RL^2); default: the run's",
+    )
+    p.add_argument(
+        "--baselines",
+        type=lambda t: _csv(str, t),
+        default=["none", "ppo", "reference"],
+        help="comma-separated subset of none,ppo,reference (default: all)",
+    )
+    p.add_argument(
+        "--ppo-multipliers",
+        type=lambda t: _csv(float, t),
+        default=[1.0, 10.0, 100.0],
+        help="PPO budgets as multiples of the adaptation's env steps (default: 1,10,100)",
+    )
+    p.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="measure returns with the most likely action (agent and PPO; default: sampled)",
+    )
+    p.add_argument("--episodes", type=_positive, default=None, help="episodes per inner step")
+    p.add_argument("--env", default=None, help="another family id with the same spaces")
+    p.add_argument(
+        "--env-kwarg", action="append", default=[], metavar="KEY=VALUE", help="family kwarg"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of tasks, env and actions")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--out", help="output folder (default: RUN/evaluation-SPLIT)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from meta_rl import distributed
+
+    if distributed.pending():  # launched by torchrun: rank-aware entry (one run-folder writer)
+        return distributed.main(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    bar = args.command == "train" and not args.no_progress and sys.stderr.isatty()
+    bar = args.command in ("train", "evaluate") and not args.no_progress and sys.stderr.isatty()
     _setup_logging(-1 if args.quiet else args.verbose, progress_bar=bar)
     try:
         return int(args.func(args) or 0)

@@ -339,6 +339,15 @@ class BaseConfig:
     """how many of the newest checkpoints to keep on disk"""
     log_every: int = field(default=1, metadata=bounds(ge=1))
     """write metrics (CSV, TensorBoard, log file) every this many iterations"""
+    num_threads: int = field(default=0, metadata=bounds(ge=0))
+    """torch CPU threads for the run (0: leave torch's default)"""
+
+    def apply_num_threads(self) -> None:
+        """Set torch's CPU thread count to ``num_threads`` (a no-op when it is 0)."""
+        if self.num_threads:
+            import torch
+
+            torch.set_num_threads(self.num_threads)
 
     def __post_init__(self) -> None:
         check_fields(self)

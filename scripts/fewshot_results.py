@@ -72,7 +72,7 @@ _GLYPH_GRAD = dict(
     eval_every=0,
     checkpoint_every=25,
     log_every=5,
-    threads=1,
+    num_threads=1,
 )
 _GLYPH_GRAD_FULL = dict(iterations=60000, meta_batch_size=32, q_queries=15, checkpoint_every=1000)
 _SINE = dict(
@@ -83,7 +83,7 @@ _SINE = dict(
     eval_every=0,
     checkpoint_every=500,
     log_every=50,
-    threads=1,
+    num_threads=1,
 )
 
 ENTRIES = [

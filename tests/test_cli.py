@@ -176,3 +176,29 @@ def test_python_dash_m_entry_point():
     )
     assert proc.returncode == 0, proc.stderr
     assert "steps/s" in proc.stdout and "task   1:" in proc.stdout
+
+
+def test_evaluate_command_prints_json_and_writes_report(capsys, tmp_path):
+    run = tmp_path / "run"
+    code, _, _ = run_cli(
+        capsys,
+        "-q",
+        "train",
+        "smoke-pointnav",
+        "--out",
+        str(run),
+        "--no-progress",
+        *("--set", "device=cpu", "--set", "iterations=1", "--set", "meta_batch=2"),
+        *("--set", "episodes_per_task=2", "--set", "horizon=10", "--set", "eval_tasks=2"),
+    )
+    assert code == 0
+    code, out, _ = run_cli(
+        capsys, "evaluate", str(run), "--tasks", "2", "--baselines", "none", "--json"
+    )
+    assert code == 0
+    report = json.loads(out)
+    assert [s["name"] for s in report["series"]] == ["adapted", "no_adaptation"]
+    assert (run / "evaluation-test" / "report.json").exists()
+    assert (run / "evaluation-test" / "adaptation.png").exists()
+    code, out, _ = run_cli(capsys, "presets")
+    assert "smoke-pointnav" in out

@@ -309,3 +309,16 @@ def test_state_rejects_unstorable_values(tmp_path):
     with pytest.raises(CheckpointError, match="state entry state/bad has type object"):
         save_checkpoint(tmp_path, 1, {}, {"bad": object()})
     assert list_checkpoints(tmp_path) == []
+
+
+def test_num_threads_is_applied_only_when_set():
+    before = torch.get_num_threads()
+    try:
+        BaseConfig(num_threads=0).apply_num_threads()
+        assert torch.get_num_threads() == before
+        BaseConfig(num_threads=1).apply_num_threads()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(Exception, match="num_threads"):
+        BaseConfig(num_threads=-1)

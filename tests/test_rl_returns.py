@@ -76,3 +76,19 @@ def test_linear_baseline_ignores_masked_steps():
     mask[5:] = 0
     pred = fit_linear_baseline(obs, y, t, num_tasks=1, mask=mask, reg=1e-8)
     assert torch.allclose(pred[:5], torch.ones(5, N, dtype=torch.float64), atol=1e-4)
+
+
+def test_linear_baseline_survives_a_singular_fit():
+    # Constant observations and one time step make the feature Gram matrix singular: with no
+    # ridge the plain solve raises; the fit retries with a growing ridge and stays finite.
+    T, N = 1, 4
+    obs = torch.zeros(T, N, 3)
+    returns = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    timestep = torch.zeros(T, N)
+    x = linear_features(obs, timestep, 100.0).flatten(0, 1)
+    gram = x.T @ x
+    assert torch.linalg.matrix_rank(gram) < gram.shape[0]
+    pred = fit_linear_baseline(obs, returns, timestep, num_tasks=2, reg=0.0)
+    assert torch.isfinite(pred).all()
+    # Each task's prediction is close to its mean return (the only thing constant features fit).
+    assert torch.allclose(pred, torch.tensor([[1.5, 1.5, 3.5, 3.5]]), atol=0.05)

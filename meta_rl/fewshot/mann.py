@@ -237,6 +237,7 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
     """Train a MANN on glyph sequences of the train scripts; evaluate on the test scripts."""
     from meta_rl.runs import due
 
+    config.apply_num_threads()
     device = resolve_device(config.device)
     splits = glyph_splits(config)
     train_sampler = EpisodeSampler(

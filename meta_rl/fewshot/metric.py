@@ -334,6 +334,7 @@ def _train_episodic(
     evaluation on the test split (fresh, seeded episodes each time)."""
     from meta_rl.runs import due
 
+    config.apply_num_threads()
     device = resolve_device(config.device)
     model = model.to(device)
     train_sampler, test_sampler = _samplers(config, device)

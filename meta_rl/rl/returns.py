@@ -91,12 +91,19 @@ def fit_linear_baseline(
     gram = xtw @ xb
     rhs = (xtw @ yb.unsqueeze(-1)).squeeze(-1)
     eye = torch.eye(F, dtype=gram.dtype, device=gram.device)
-    coef = torch.linalg.solve(gram + reg * eye, rhs)
-    for _ in range(5):  # rarely taken: only when a solve blew up
-        bad = ~torch.isfinite(coef).all(-1)
+
+    def solve(reg: float) -> tuple[Tensor, Tensor]:  # (coef, which tasks' solves failed)
+        coef, info = torch.linalg.solve_ex(gram + reg * eye, rhs)
+        return coef, (info != 0) | ~torch.isfinite(coef).all(-1)
+
+    coef, bad = solve(reg)
+    for _ in range(5):  # rarely taken: a singular or blown-up solve (e.g. constant features)
         if not bad.any():
             break
-        reg *= 10.0
-        coef = torch.where(bad.unsqueeze(-1), torch.linalg.solve(gram + reg * eye, rhs), coef)
+        reg = max(reg, 1e-6) * 10.0
+        retry, still_bad = solve(reg)
+        coef = torch.where(bad.unsqueeze(-1), retry, coef)
+        bad = bad & still_bad
+    coef = torch.where(bad.unsqueeze(-1), torch.zeros_like(coef), coef)  # give up: no baseline
     pred = (xb @ coef.unsqueeze(-1)).squeeze(-1)  # [B, T * E]
     return pred.reshape(num_tasks, T, -1).permute(1, 0, 2).reshape(T, N)
