@@ -23,6 +23,11 @@ What is synchronised (and why N ranks give the same meta-update as one process):
   :attr:`Shard.weight`); gradients, TRPO's Fisher-vector products and line-search values are
   summed over ranks (:meth:`Context.all_reduce`, :meth:`Context.all_reduce_grads`). Ranks then
   take identical decisions (CG stops, line-search acceptance, divergence checks).
+- **Few-shot episodes** (ProtoNet, Siamese, MANN): whole episodes are the shard's rows (the
+  Conv-4 normalises per episode under ``vmap``, so episodes never see each other); a ProtoNet /
+  Siamese ``meta_batch`` of 1 splits the episode's images instead, with
+  :class:`meta_rl.fewshot.models.SyncBatchNorm2d` and all-reduced embeddings; a MANN sequence
+  is never split (``batch_size >= ranks``).
 - **Early stops**: a rollout that stops when all episodes are over asks all ranks
   (:meth:`Context.any`), so every rank draws the same amount of noise.
 - **Parameters** are broadcast from rank 0 at the start (and after a resume), the config is
@@ -448,6 +453,9 @@ DATA_PARALLEL = frozenset(
         "meta_rl.rl.reptile:train",
         "meta_rl.rl.rl2:train",
         "meta_rl.fewshot.gradient:train",
+        "meta_rl.fewshot.metric:train_protonet",  # splits the meta_batch of episodes
+        "meta_rl.fewshot.metric:train_siamese",
+        "meta_rl.fewshot.mann:train",  # splits the batch_size sequences
     }
 )
 

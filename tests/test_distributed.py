@@ -4,6 +4,7 @@ duplicated iterations."""
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import socket
@@ -206,3 +207,152 @@ def test_killed_rank_stops_job_and_resume_continues(tmp_path: Path) -> None:
     # the interrupted 2-rank run ends where an uninterrupted single-process run does
     _train("rl2-bandits", {**RL2, "checkpoint_every": 5, "iterations": total}, tmp_path / "ref")
     _assert_same_runs(tmp_path / "ref", out)
+
+
+# few-shot trainers: whole episodes split over the ranks (3 and 5 over 2: uneven shards)
+SCRIPTS = ("Armenian", "Hebrew", "Tifinagh", "Lao", "Old Italic", "Nko", "Ogham", "Coptic", "Lisu")
+GLYPHS = {"image_size": 16, "samples_per_class": 8, "scripts": SCRIPTS, "device": "cpu"}
+SCHEDULE = {"iterations": 3, "eval_every": 0, "checkpoint_every": 0, "log_every": 1}
+EPISODIC = {"n_way": 5, "train_way": 5, "q_queries": 3, "hidden": 8, "eval_episodes": 4}
+FEWSHOT = [  # (run name, preset, values)
+    ("protonet", "protonet-glyphs", {**EPISODIC, "meta_batch": 3}),
+    ("siamese", "siamese-glyphs", {**EPISODIC, "meta_batch": 3}),
+    # one episode per update: its 20 images are split over the ranks (synchronised BatchNorm)
+    ("protonet-1", "protonet-glyphs", {**EPISODIC, "meta_batch": 1}),
+    ("siamese-1", "siamese-glyphs", {**EPISODIC, "meta_batch": 1}),
+    ("mann", "mann-glyphs", {"n_way": 3, "length": 12, "batch_size": 5, "input_size": 8}),
+]
+FEWSHOT[-1][2].update(hidden=16, slots=12, width=8, heads=2, eval_episodes=4)
+FEWSHOT_COMPARED = ("loss", "accuracy", "instance_1", "instance_2", "test_accuracy")
+
+
+def _fewshot_values(values: dict, glyph_root: str) -> dict:
+    return {**GLYPHS, **SCHEDULE, **values, "data_root": glyph_root}
+
+
+def _fewshot_worker(rank: int, world: int, port: int, root: str, glyph_root: str) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    distributed.init(timeout_s=60)
+    try:
+        for name, preset, values in FEWSHOT:
+            out = Path(root) / f"dist-{name}" if rank == 0 else None
+            _train(preset, _fewshot_values(values, glyph_root), out)
+    finally:
+        distributed.shutdown()
+
+
+def test_two_ranks_equal_one_process_fewshot(tmp_path: Path) -> None:
+    """ProtoNet, Siamese and MANN: 2 ranks splitting the episodes (or, with meta_batch = 1, the
+    images of the episode) end with the parameters (and the training metrics) of one process on
+    the same seed; a MANN sequence is never split."""
+    from meta_rl.config import ConfigError
+    from meta_rl.fewshot.data import load_glyphs
+    from meta_rl.fewshot.metric import episode_shard
+
+    with pytest.raises(ConfigError, match="batch_size = 1 episodes cannot be split over 2 ranks"):
+        episode_shard(distributed.Context(0, 2), 1, "batch_size")
+    assert episode_shard(distributed.Context(1, 2), 3, "meta_batch").slice == slice(2, 3)
+
+    torch.set_num_threads(1)
+    glyph_root = str(tmp_path / "glyphs")
+    load_glyphs(root=glyph_root, image_size=16, samples_per_class=8, scripts=list(SCRIPTS))
+    for name, preset, values in FEWSHOT:
+        _train(preset, _fewshot_values(values, glyph_root), tmp_path / f"single-{name}")
+    mp.spawn(
+        _fewshot_worker, args=(2, _free_port(), str(tmp_path), glyph_root), nprocs=2, join=True
+    )
+    for name, _, _ in FEWSHOT:
+        a, b = tmp_path / f"single-{name}", tmp_path / f"dist-{name}"
+        ma, mb = read_metrics(a), read_metrics(b)
+        assert [r["step"] for r in ma] == [r["step"] for r in mb] == [1, 2, 3]
+        for ra, rb in zip(ma, mb, strict=True):
+            for key in FEWSHOT_COMPARED:
+                if key in ra:
+                    assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5, nan_ok=True), (
+                        name,
+                        key,
+                        ra["step"],
+                    )
+    _assert_same_runs(tmp_path / "single-mann", tmp_path / "dist-mann")
+    for name in ("protonet", "siamese", "protonet-1", "siamese-1"):
+        _assert_same_encoders(tmp_path / f"single-{name}", tmp_path / f"dist-{name}", glyph_root)
+
+
+def _assert_same_encoders(a: Path, b: Path, glyph_root: str) -> None:
+    """Conv-4 encoders: every weight (conv kernels, BatchNorm scales) equal to 1e-5, and the
+    logits on test episodes equal to 1e-2. Biases are left out: a conv bias ahead of a
+    BatchNorm has an exactly zero gradient (the norm removes it) and ProtoNet's distances do
+    not move with the last BatchNorm's shift in channels whose ReLU is on for every image, so
+    those gradients are rounding noise (~1e-7) that Adam, dividing by their root mean square,
+    turns into steps of up to ~lr (1e-3): they differ between any two summation orders, in one
+    process too, and move test logits where a ReLU turns off by ~1e-3 per step.
+    test_sharded_episodes_sum_to_the_batch_gradient checks the gradients themselves."""
+    from meta_rl.fewshot.data import EpisodeSampler
+    from meta_rl.fewshot.metric import ProtoNet, ProtoNetConfig, SiameseNet, glyph_splits
+
+    ta, tb = _final(a), _final(b)
+    assert ta.keys() == tb.keys()
+    for k in ta:
+        if k.endswith(".weight"):
+            torch.testing.assert_close(ta[k], tb[k], atol=1e-5, rtol=1e-5, msg=f"param {k}")
+    values = _fewshot_values(EPISODIC, glyph_root)
+    test = EpisodeSampler(glyph_splits(ProtoNetConfig(**values))["test"], 5, 1, 3, seed=0)
+    xs, ys, xq, _ = test.sample(4)
+    logits = []
+    for tensors in (ta, tb):
+        net = (ProtoNet if "protonet" in a.name else SiameseNet)(1, 8, 16)
+        net.load_state_dict(tensors)
+        with torch.no_grad():
+            logits.append(net(xs, ys, xq, 5))
+    torch.testing.assert_close(logits[0], logits[1], atol=1e-2, rtol=1e-2)
+
+
+def test_sharded_episodes_sum_to_the_batch_gradient() -> None:
+    """The Conv-4 normalises per episode (vmap over episodes), so shards of a meta-batch, each
+    weighted by its share, sum to the whole batch's ProtoNet gradient (biases included) and
+    embed each episode as the whole batch does: no synchronised BatchNorm is needed."""
+    import torch.nn.functional as F
+
+    from meta_rl.fewshot.metric import ProtoNet, _embed_episodes
+    from meta_rl.fewshot.models import seeded
+
+    torch.set_num_threads(1)
+    with seeded(0):
+        net = ProtoNet(1, 8, 16)
+    g = torch.Generator().manual_seed(0)
+    xs = torch.rand(5, 5, 1, 16, 16, generator=g) * torch.arange(1.0, 6.0).view(5, 1, 1, 1, 1)
+    xq = torch.rand(5, 10, 1, 16, 16, generator=g)
+    ys, yq = torch.arange(5).repeat(5, 1), torch.arange(5).repeat_interleave(2).repeat(5, 1)
+
+    def grads(shard: distributed.Shard) -> dict[str, torch.Tensor]:
+        net.zero_grad()
+        b = shard.take((xs, ys, xq, yq))
+        loss = F.cross_entropy(net(b[0], b[1], b[2], 5).flatten(0, 1), b[3].flatten())
+        (loss * shard.weight).backward()
+        return {k: p.grad.clone() for k, p in net.named_parameters()}
+
+    whole = grads(distributed.Context().shard(5))
+    parts = [grads(distributed.Context(r, 2).shard(5)) for r in range(2)]
+    # float32 sums in another order: 1e-5 of the largest gradient entry (a conv bias ahead of a
+    # BatchNorm has a zero gradient up to rounding: it is held to that absolute bound only)
+    tol = 1e-5 * max(float(v.abs().max()) for v in whole.values())
+    for k, v in whole.items():
+        torch.testing.assert_close(parts[0][k] + parts[1][k], v, atol=tol, rtol=0, msg=k)
+    zs, zq = _embed_episodes(net.encoder, xs, xq)
+    zs2, zq2 = _embed_episodes(net.encoder, xs[3:], xq[3:])
+    torch.testing.assert_close(zs2, zs[3:], atol=0, rtol=0)
+    torch.testing.assert_close(zq2, zq[3:], atol=0, rtol=0)
+    # without a process group the synchronised BatchNorm is the plain one (same parameters)
+    from meta_rl.fewshot.models import SyncBatchNorm2d, sync_batchnorm_
+
+    synced = sync_batchnorm_(copy.deepcopy(net))
+    assert sum(isinstance(m, SyncBatchNorm2d) for m in synced.modules()) == 4
+    assert synced.state_dict().keys() == net.state_dict().keys()
+    torch.testing.assert_close(synced(xs, ys, xq, 5), net(xs, ys, xq, 5), atol=0, rtol=0)

@@ -10,6 +10,12 @@ high from the 2nd on.
 
 Images are box-downsampled to ``input_size`` x ``input_size`` and flattened (the paper feeds
 20x20 pixels to the controller).
+
+Data-parallel (``torchrun``, :mod:`meta_rl.distributed`): the ``batch_size`` sequences of an
+update are split over the ranks (every rank draws the whole batch from the shared seeded
+sampler and keeps its sequences; losses are weighted by the rank's share and gradients summed
+before clipping), so N ranks take the single-process step. A sequence is never split: its
+memory is written and read step after step, so a run needs ``batch_size >= ranks``.
 """
 
 from __future__ import annotations
@@ -23,11 +29,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meta_rl import distributed
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import ConfigError, bounds, choice
 from meta_rl.core.memory import CoreState, MemoryCore
 from meta_rl.fewshot.data import EpisodeSampler, occurrence_index
-from meta_rl.fewshot.metric import GlyphDataConfig, glyph_splits, mean_ci95, resolve_device
+from meta_rl.fewshot.metric import (
+    GlyphDataConfig,
+    episode_shard,
+    glyph_splits,
+    mean_ci95,
+    resolve_device,
+)
 from meta_rl.fewshot.models import seeded
 
 log = logging.getLogger(__name__)
@@ -233,10 +246,44 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------
 # training
 # ---------------------------------------------------------------------------------------------
+def _train_metrics(
+    dist: distributed.Context, logits: Tensor, y: Tensor, loss: float, weight: float
+) -> dict[str, float]:
+    """Loss, accuracy and accuracy on the 1st / 2nd instance of the whole batch (this rank's
+    sequences with one process; summed over ranks' shares, counts included, otherwise)."""
+    if not dist.enabled:
+        by_inst = accuracy_by_instance(logits, y, (1, 2))
+        return {
+            "loss": loss,
+            "accuracy": (logits.argmax(-1) == y).float().mean().item(),
+            "instance_1": by_inst[1],
+            "instance_2": by_inst[2],
+        }
+    correct = (logits.argmax(-1) == y).to(torch.float64)
+    occ = occurrence_index(y) + 1
+    parts = [torch.tensor(loss * weight, dtype=torch.float64), correct.mean() * weight]
+    for i in (1, 2):
+        mask = occ == i
+        parts += [correct[mask].sum(), mask.sum().to(torch.float64)]
+    loss_sum, acc, hit1, n1, hit2, n2 = dist.all_reduce(torch.stack(parts)).tolist()
+    nan = float("nan")
+    return {
+        "loss": loss_sum,
+        "accuracy": acc,
+        "instance_1": hit1 / n1 if n1 else nan,
+        "instance_2": hit2 / n2 if n2 else nan,
+    }
+
+
 def train(config: MANNConfig, run=None) -> dict[str, float]:
     """Train a MANN on glyph sequences of the train scripts; evaluate on the test scripts."""
     from meta_rl.runs import due
 
+    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    config = dist.sync_config(config)
+    shard = episode_shard(
+        dist, config.batch_size, "batch_size", "a sequence's memory is written and read in order"
+    )
     config.apply_num_threads()
     device = resolve_device(config.device)
     splits = glyph_splits(config)
@@ -267,12 +314,13 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
 
     # ---- resume ----------------------------------------------------------------------------
     start = 0
-    ck = run.load_last(device) if run is not None else None
+    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
     if ck is not None:
         model.load_state_dict(ck.tensors)
         optimizer.load_state_dict(ck.state["optimizer"])
         set_rng_state(train_sampler.rng, ck.state["train_rng"])
         start = ck.step
+    dist.broadcast_(model.parameters())
 
     def evaluation() -> dict[str, float]:
         sampler = EpisodeSampler(
@@ -292,22 +340,18 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
         for it in range(start, config.iterations):
             step = it + 1
             # ---- one update on a batch of sequences --------------------------------------
-            x, y = train_sampler.sample_sequence(config.batch_size, config.n_way, config.length)
+            # every rank draws the whole batch (same sampler stream) and keeps its sequences
+            batch = train_sampler.sample_sequence(config.batch_size, config.n_way, config.length)
+            x, y = shard.take(batch)
             logits = model(image_features(x, config.input_size), y)
             loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
             optimizer.zero_grad()
-            loss.backward()
+            (loss * shard.weight).backward()  # this rank's share of the mean over sequences
+            dist.all_reduce_grads(model.parameters())  # summed before clipping: the global norm
             if config.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-
-            by_inst = accuracy_by_instance(logits.detach(), y, (1, 2))
-            metrics = {
-                "loss": loss.item(),
-                "accuracy": (logits.argmax(-1) == y).float().mean().item(),
-                "instance_1": by_inst[1],
-                "instance_2": by_inst[2],
-            }
+            metrics = _train_metrics(dist, logits.detach(), y, loss.item(), shard.weight)
             # ---- evaluation, logging, checkpoints ---------------------------------------
             if due(step, config.eval_every, config.iterations):
                 metrics.update(evaluation())

@@ -12,6 +12,17 @@
 
 Both train on the glyph scripts of the train split and are evaluated on held-out scripts:
 mean accuracy and the 95% confidence interval over many episodes.
+
+Data-parallel (``torchrun``, :mod:`meta_rl.distributed`): the ``meta_batch`` episodes of an
+update are split over the ranks. Every rank draws the whole batch from the shared seeded
+sampler and keeps its episodes, weights its loss by its share and the gradients are summed, so
+N ranks take the single-process step. The Conv-4's BatchNorm needs no synchronisation: the
+encoder runs under ``vmap`` over episodes, so its batch statistics are per episode (support and
+query of one episode together) and episodes never see each other. With ``meta_batch = 1`` the
+episode's images are split over the ranks instead: the BatchNorms become
+:class:`~meta_rl.fewshot.models.SyncBatchNorm2d` (statistics of the whole episode through
+autograd-aware all-reduces) and the embeddings are all-reduced, so every rank computes the
+whole episode's loss (weighted 1/N). ``1 < meta_batch < ranks`` is refused.
 """
 
 from __future__ import annotations
@@ -26,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meta_rl import distributed
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
 from meta_rl.fewshot.data import EpisodeSampler, ImageSet, load_glyphs, split_by_group
-from meta_rl.fewshot.models import Conv4, seeded
+from meta_rl.fewshot.models import Conv4, seeded, sync_batchnorm_
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +219,30 @@ def _check_episode(xs: Tensor, ys: Tensor, xq: Tensor) -> None:
         )
 
 
-def _embed_episodes(encoder: nn.Module, xs: Tensor, xq: Tensor) -> tuple[Tensor, Tensor]:
-    """Embed support and query of every episode together (batch statistics per episode)."""
+def _embed_episodes(
+    encoder: nn.Module, xs: Tensor, xq: Tensor, images: distributed.Shard | None = None
+) -> tuple[Tensor, Tensor]:
+    """Embed support and query of every episode together (batch statistics per episode).
+
+    ``images``: training on one episode whose images are split over the ranks: this rank embeds
+    its images (the encoder's :class:`~meta_rl.fewshot.models.SyncBatchNorm2d` takes the whole
+    episode's statistics) and an autograd-aware all-reduce of the zero-padded embeddings gives
+    every rank the whole episode's embeddings."""
     x = torch.cat([xs, xq], dim=1)
-    z = torch.func.vmap(encoder)(x)
+    if images is None or images.whole or not encoder.training:
+        z = torch.func.vmap(encoder)(x)
+    else:
+        from torch.distributed.nn.functional import all_reduce
+
+        if x.shape[0] != 1 or x.shape[1] != images.total:
+            raise ValueError(
+                f"an image shard of {images.total} images needs one episode of that many "
+                f"images; got {x.shape[0]} episodes of {x.shape[1]}"
+            )
+        local = encoder(x[0, images.slice])
+        pad = [local.new_zeros(images.start, local.shape[1]), local]
+        pad.append(local.new_zeros(images.total - images.stop, local.shape[1]))
+        z = all_reduce(torch.cat(pad)).unsqueeze(0)
     return z[:, : xs.shape[1]], z[:, xs.shape[1] :]
 
 
@@ -230,11 +262,13 @@ class ProtoNet(nn.Module):
     def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28) -> None:
         super().__init__()
         self.encoder = Conv4(in_channels, hidden, None, image_size)
+        self.images: distributed.Shard | None = None
+        """set by data-parallel training on single episodes (see :func:`_embed_episodes`)"""
 
     def forward(self, xs: Tensor, ys: Tensor, xq: Tensor, n_way: int) -> Tensor:
         """Logits [B, N*Q, n_way] = minus squared distances of queries to prototypes."""
         _check_episode(xs, ys, xq)
-        zs, zq = _embed_episodes(self.encoder, xs, xq)
+        zs, zq = _embed_episodes(self.encoder, xs, xq, self.images)
         return -torch.cdist(zq, prototypes(zs, ys, n_way)).pow(2)
 
 
@@ -256,10 +290,12 @@ class SiameseNet(nn.Module):
     def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28) -> None:
         super().__init__()
         self.encoder = Conv4(in_channels, hidden, None, image_size)
+        self.images: distributed.Shard | None = None
+        """set by data-parallel training on single episodes (see :func:`_embed_episodes`)"""
 
     def distances(self, xs: Tensor, xq: Tensor) -> Tensor:
         """Distances [B, N*Q, N*K] between every query and every support image."""
-        zs, zq = _embed_episodes(self.encoder, xs, xq)
+        zs, zq = _embed_episodes(self.encoder, xs, xq, self.images)
         return torch.cdist(F.normalize(zq, dim=-1), F.normalize(zs, dim=-1))
 
     def forward(self, xs: Tensor, ys: Tensor, xq: Tensor, n_way: int) -> Tensor:
@@ -323,6 +359,23 @@ def _samplers(
     return train, test
 
 
+def episode_shard(
+    ctx: distributed.Context,
+    total: int,
+    field_name: str,
+    why: str = "one episode's batch statistics and prototypes span all its images",
+) -> distributed.Shard:
+    """This rank's episodes of a batch of ``total`` (all of them with one process). Episodes are
+    the unit of data parallelism here: an episode is never split over ranks (``why``)."""
+    if total < ctx.world_size:
+        raise ConfigError(
+            f"{field_name} = {total} episodes cannot be split over {ctx.world_size} ranks: "
+            f"data-parallel training splits whole episodes ({why}); set {field_name} >= "
+            f"{ctx.world_size} or use fewer processes (--nproc-per-node)"
+        )
+    return ctx.shard(total)
+
+
 def _train_episodic(
     config: EpisodicConfig,
     run,
@@ -334,6 +387,19 @@ def _train_episodic(
     evaluation on the test split (fresh, seeded episodes each time)."""
     from meta_rl.runs import due
 
+    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    if dist.enabled and config.meta_batch == 1:
+        # one episode per update: its images are split over the ranks, and the encoder's
+        # BatchNorms take the statistics of the whole episode's images
+        n_images = config.way_train * (config.k_shot + config.q_queries)
+        model.images = dist.shard(n_images)
+        sync_batchnorm_(model)
+        shard = distributed.Context().shard(1)  # every rank holds the (whole) episode
+        weight = 1.0 / dist.world_size  # every rank computes the whole loss: a 1/N share
+    else:
+        why = "only a meta_batch of 1 episode is split by images"
+        shard = episode_shard(dist, config.meta_batch, "meta_batch", why)
+        weight = shard.weight
     config.apply_num_threads()
     device = resolve_device(config.device)
     model = model.to(device)
@@ -342,12 +408,13 @@ def _train_episodic(
 
     # ---- resume ----------------------------------------------------------------------------
     start = 0
-    ck = run.load_last(device) if run is not None else None
+    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
     if ck is not None:
         model.load_state_dict(ck.tensors)
         optimizer.load_state_dict(ck.state["optimizer"])
         set_rng_state(train_sampler.rng, ck.state["train_rng"])
         start = ck.step
+    dist.broadcast_(model.parameters())
 
     def evaluation() -> dict[str, float]:
         # the same test episodes at every evaluation: a fresh sampler with a fixed seed
@@ -373,12 +440,14 @@ def _train_episodic(
         for it in range(start, config.iterations):
             step = it + 1
             # ---- one update on a batch of training episodes -----------------------------
-            xs, ys, xq, yq = train_sampler.sample(config.meta_batch)
+            # every rank draws the whole batch (same sampler stream) and keeps its episodes
+            xs, ys, xq, yq = shard.take(train_sampler.sample(config.meta_batch))
             loss, acc = episode_loss(xs, ys, xq, yq)
             optimizer.zero_grad()
-            loss.backward()
+            (loss * weight).backward()  # this rank's share of the mean over episodes
+            dist.all_reduce_grads(model.parameters())
             optimizer.step()
-            metrics = {"loss": loss.item(), "accuracy": acc.item()}
+            metrics = dist.weighted_sum({"loss": loss.item(), "accuracy": acc.item()}, weight)
 
             # ---- evaluation, logging, checkpoints ---------------------------------------
             if due(step, config.eval_every, config.iterations):
@@ -409,6 +478,7 @@ def _train_episodic(
 
 def train_protonet(config: ProtoNetConfig, run=None) -> dict[str, float]:
     """Train prototypical networks episodically; returns the final metrics."""
+    config = distributed.context().sync_config(config)
     with seeded(config.seed):
         model = ProtoNet(1, config.hidden, config.image_size)
     n_train = config.way_train
@@ -423,6 +493,7 @@ def train_protonet(config: ProtoNetConfig, run=None) -> dict[str, float]:
 
 def train_siamese(config: SiameseConfig, run=None) -> dict[str, float]:
     """Train a Siamese network with the contrastive loss on episode pairs."""
+    config = distributed.context().sync_config(config)
     with seeded(config.seed):
         model = SiameseNet(1, config.hidden, config.image_size)
     n_train = config.way_train

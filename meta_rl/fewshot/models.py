@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from meta_rl.core.functional import register_linear_chain
 
-__all__ = ["MLP", "Conv4", "conv4_feature_size", "seeded"]
+__all__ = ["MLP", "Conv4", "SyncBatchNorm2d", "conv4_feature_size", "seeded", "sync_batchnorm_"]
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -115,6 +115,56 @@ class Conv4(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         z = self.embed(x)
         return z if self.head is None else self.head(z)
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d with batch statistics only whose training-mode statistics are those of the
+    images on *all* ranks of the process group (sums and counts summed by autograd-aware
+    all-reduces, so gradients flow across ranks too); works with gloo on CPU tensors. In eval
+    mode, or without a multi-process group, it is a plain batch-statistics BatchNorm2d.
+    Mean and (biased) variance are taken in two passes, as BatchNorm does."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        import torch.distributed as dist
+
+        if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c = x.shape[1]
+        dims = (0, 2, 3)
+        count = torch.full((1,), float(x.numel() // c), dtype=x.dtype, device=x.device)
+        sums = all_reduce(torch.cat([x.sum(dims), count]))
+        n = sums[c].detach()
+        mean = (sums[:c] / n).view(1, c, 1, 1)
+        var = all_reduce((x - mean).square().sum(dims)) / n
+        y = (x - mean) * torch.rsqrt(var + self.eps).view(1, c, 1, 1)
+        if self.affine:
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
+        return y
+
+
+def sync_batchnorm_(module: nn.Module) -> nn.Module:
+    """Replace every ``nn.BatchNorm2d`` (batch statistics only) inside ``module`` by a
+    :class:`SyncBatchNorm2d` holding the same parameters (state-dict keys unchanged). Returns
+    ``module``. Call it before building the optimizer; only multi-process runs need it."""
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            if child.track_running_stats:
+                raise ValueError(
+                    f"{name}: BatchNorm2d with track_running_stats=True; SyncBatchNorm2d "
+                    "supports batch statistics only"
+                )
+            new = SyncBatchNorm2d(
+                child.num_features, child.eps, affine=child.affine, track_running_stats=False
+            )
+            if child.affine:
+                new.weight, new.bias = child.weight, child.bias
+            new.train(child.training)
+            setattr(module, name, new)
+        else:
+            sync_batchnorm_(child)
+    return module
 
 
 @contextmanager
