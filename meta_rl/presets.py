@@ -115,6 +115,17 @@ _BANDIT = {"env_id": "MetaRL/Bandit-v0", "env_kwargs": {"k": 5}}
 _TABULAR = {"env_id": "MetaRL/TabularMDP-v0"}
 _NAV = {"env_id": "MetaRL/PointNav-v0", "episodes_per_trial": 2}
 _MANN = {"policy": "memory"}
+# long memory demand: 20 arms x 40 pulls (scripts/memory_vs_gru.py compares the two policies)
+_LONG_MEMORY_BANDIT = {
+    "env_id": "MetaRL/Bandit-v0",
+    "env_kwargs": {"k": 20},
+    "episodes_per_trial": 40,
+    "action_reward_input": True,
+    "lr": 0.003,
+    "tasks_per_iteration": 256,
+    "iterations": 300,
+    "eval_every": 100,
+}
 # MuJoCo / Meta-World (extras mujoco, metaworld): settings of the papers, meant for a GPU machine;
 # the families run as one Gymnasium env per row (no torch twin): ~1 MB per HalfCheetah row, ~23 MB
 # per Meta-World row (the ML1 MAML preset holds 20 x 10 + 10 x 5 = 250 rows: ~6 GB of RAM).
@@ -323,6 +334,16 @@ PRESETS: dict[str, Preset] = {
                 "eval_tasks": 500,
             },
             "RL^2 with a memory-augmented policy on 2D point navigation, 2 episodes per trial",
+        ),
+        _rl2(
+            "rl2-memory-vs-gru",
+            {**_LONG_MEMORY_BANDIT, "policy": "episodic", "hidden_size": 8, "memory_slots": 40},
+            "RL^2, episodic memory (GRU-8 controller, 7.1k params) on 20-armed bandits, n=40",
+        ),
+        _rl2(
+            "rl2-memory-vs-gru-baseline",
+            {**_LONG_MEMORY_BANDIT, "policy": "gru", "hidden_size": 28},
+            "RL^2, GRU-28 (6.7k params, matched to rl2-memory-vs-gru) on 20-armed bandits, n=40",
         ),
         _maml(
             "maml-trpo-halfcheetah-vel",
