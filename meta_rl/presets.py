@@ -123,7 +123,7 @@ _LONG_MEMORY_BANDIT = {
     "action_reward_input": True,
     "lr": 0.003,
     "tasks_per_iteration": 256,
-    "iterations": 300,
+    "iterations": 200,  # 2.05M env steps: the budget of the pre-registered comparison (README)
     "eval_every": 100,
 }
 # MuJoCo / Meta-World (extras mujoco, metaworld): settings of the papers, meant for a GPU machine;
