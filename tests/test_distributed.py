@@ -72,7 +72,8 @@ def _train(preset: str, values: dict, out: Path | None) -> None:
             run.close()
 
 
-def _worker(rank: int, world: int, port: int, root: str) -> None:
+def _join(rank: int, world: int, port: int) -> None:
+    """Join a local gloo group as torchrun would set it up (one thread per rank)."""
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(world),
@@ -82,6 +83,10 @@ def _worker(rank: int, world: int, port: int, root: str) -> None:
     )
     torch.set_num_threads(1)
     distributed.init(timeout_s=60)
+
+
+def _worker(rank: int, world: int, port: int, root: str) -> None:
+    _join(rank, world, port)
     try:
         for preset, values in JOBS:
             out = Path(root) / f"dist-{preset}" if rank == 0 else None  # rank 0 writes alone
@@ -231,15 +236,7 @@ def _fewshot_values(values: dict, glyph_root: str) -> dict:
 
 
 def _fewshot_worker(rank: int, world: int, port: int, root: str, glyph_root: str) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
-    distributed.init(timeout_s=60)
+    _join(rank, world, port)
     try:
         for name, preset, values in FEWSHOT:
             out = Path(root) / f"dist-{name}" if rank == 0 else None
