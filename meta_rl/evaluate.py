@@ -282,6 +282,7 @@ def family_references(
     elif env_id == "MetaRL/TabularMDP-v0":
         sizes = {key: kw[key] for key in ("num_states", "num_actions", "horizon") if key in kw}
         put("psrl", R.tabular_psrl(episodes, num_tasks, seed, split=split, **sizes), True)
+        put("greedy", R.tabular_greedy(episodes, num_tasks, seed, split=split, **sizes), True)
         put("oracle", R.tabular_oracle(episodes, num_tasks, seed, split=split, **sizes), True)
         put("random", R.tabular_random(episodes, sizes.get("horizon", 10)), True, exact=True)
     return out

@@ -6,7 +6,8 @@
 
 Bandits (RL^2): exact Bayes-optimal (dynamic programming, for n <= --max-dp-n), Thompson
 sampling, UCB1, greedy, random. Tabular MDPs (RL^2): PSRL with the true prior, PSRL in the
-paper's setting (prior mean 0), the per-MDP optimal policy, random. Navigation (MAML): the
+paper's setting (prior mean 0), greedy (certainty equivalence: plans in the posterior-mean
+MDP), the per-MDP optimal policy, random. Navigation (MAML): the
 zero-action and straight-to-goal policies. Monte Carlo rows show a mean and its standard error.
 """
 
@@ -95,6 +96,13 @@ def tabular_rows(args) -> list[dict]:
                 n,
                 R.tabular_psrl(**kw, reward_prior_mean=0.0),
                 paper.get((n, "psrl")),
+            ),
+            row(
+                "tabular",
+                "greedy (posterior-mean MDP)",
+                n,
+                R.tabular_greedy(**kw),
+                None,
             ),
             row("tabular", "optimal policy of the true MDP", n, R.tabular_oracle(**kw), None),
             row("tabular", "random (exact 10n)", n, R.tabular_random(n), 10.0 * n),
