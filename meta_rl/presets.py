@@ -113,6 +113,30 @@ _CARTPOLE_MAML = {
 }
 _BANDIT = {"env_id": "MetaRL/Bandit-v0", "env_kwargs": {"k": 5}}
 _TABULAR = {"env_id": "MetaRL/TabularMDP-v0"}
+# PPO settings shared by the GRU and the memory policy on tabular MDPs: n=10 3.84M env steps,
+# n=25 6.4M
+_TABULAR_N10 = {
+    **_TABULAR,
+    "episodes_per_trial": 10,
+    "lr": 0.003,
+    "minibatches": 8,
+    "gamma": 0.99,
+    "gae_lambda": 0.3,
+    "ent_coef": 0.01,
+    "time_feature": True,
+    "action_reward_input": True,
+    "reward_scale": 0.05,
+    "iterations": 150,
+}
+_TABULAR_N25 = {**_TABULAR_N10, "episodes_per_trial": 25, "reward_scale": 0.02, "iterations": 100}
+_TABULAR_MEMORY = {  # rows keyed by where the step came from; memory holds the whole trial
+    "policy": "episodic",
+    "hidden_size": 128,
+    "memory_slots": 100,  # 10 episodes x 10 steps
+    "memory_heads": 4,
+    "memory_width": 16,
+    "transition_keys": True,
+}
 _NAV = {"env_id": "MetaRL/PointNav-v0", "episodes_per_trial": 2}
 _MANN = {"policy": "memory"}
 # long memory demand: 20 arms x 40 pulls (scripts/memory_vs_gru.py compares the two policies)
@@ -257,37 +281,23 @@ PRESETS: dict[str, Preset] = {
         ),
         _rl2(
             "rl2-tabular",
-            {
-                **_TABULAR,
-                "episodes_per_trial": 10,
-                "hidden_size": 128,
-                "lr": 0.001,
-                "gamma": 1.0,
-                "gae_lambda": 0.95,
-                "ent_coef": 0.01,
-                "time_feature": True,
-                "action_reward_input": True,
-                "separate_critic": True,
-                "reward_scale": 0.05,
-                "iterations": 300,
-            },
+            {**_TABULAR_N10, "hidden_size": 128, "separate_critic": True},
             "RL^2 (GRU) on random tabular MDPs (10 states, 5 actions, T=10), n=10 episodes",
         ),
         _rl2(
+            "rl2-memory-tabular",
+            {**_TABULAR_N10, **_TABULAR_MEMORY},
+            "RL^2, episodic memory keyed by transitions, random tabular MDPs, n=10 (beats PSRL)",
+        ),
+        _rl2(
             "rl2-tabular-n25",
-            {
-                **_TABULAR,
-                "episodes_per_trial": 25,
-                "hidden_size": 128,
-                "lr": 0.001,
-                "ent_coef": 0.01,
-                "time_feature": True,
-                "action_reward_input": True,
-                "separate_critic": True,
-                "reward_scale": 0.02,
-                "iterations": 150,
-            },
+            {**_TABULAR_N25, "hidden_size": 128, "separate_critic": True},
             "RL^2 (GRU) on random tabular MDPs, n=25 episodes",
+        ),
+        _rl2(
+            "rl2-memory-tabular-n25",
+            {**_TABULAR_N25, **_TABULAR_MEMORY, "memory_slots": 250},
+            "RL^2, episodic memory keyed by transitions, random tabular MDPs, n=25",
         ),
         _rl2(
             "rl2-pointnav",

@@ -1,20 +1,28 @@
-"""RL^2 with a memory-augmented policy vs a GRU policy on a task with a long memory demand.
+"""RL^2 with a memory-augmented policy vs a GRU policy on tasks with a long memory demand.
 
-Task (presets ``rl2-memory-vs-gru`` and ``rl2-memory-vs-gru-baseline``): Bernoulli bandits with
-k=20 arms and n=40 pulls per trial. Playing well means trying arms and coming back to the ones
-that paid, i.e. keeping per-arm outcomes for 20 arms over 40 steps; the episodic policy writes one
-memory row per step (40 slots: the whole trial) and reads by content, so its small GRU controller
-(8 units) need not hold those statistics itself. The GRU baseline gets a parameter count matched
-to the memory policy (GRU-28: 6,741 vs 7,125 parameters); ``--gru-hidden 8`` gives the
-equal-controller-size comparison. Both run the same PPO settings and env-step budget.
+``--task bandits20`` (presets ``rl2-memory-vs-gru`` and ``rl2-memory-vs-gru-baseline``): Bernoulli
+bandits with k=20 arms and n=40 pulls per trial. Playing well means trying arms and coming back to
+the ones that paid, i.e. keeping per-arm outcomes for 20 arms over 40 steps; the episodic policy
+writes one memory row per step (40 slots: the whole trial) and reads by content, so its small GRU
+controller (8 units) need not hold those statistics itself. The GRU baseline gets a parameter count
+matched to the memory policy (GRU-28: 6,741 vs 7,125 parameters); ``--gru-hidden 8`` gives the
+equal-controller-size comparison.
+
+``--task tabular`` (presets ``rl2-memory-tabular`` and ``rl2-tabular``): random tabular MDPs
+(10 states, 5 actions, T=10), n=10 episodes. Acting well means remembering, per (state, action)
+pair met so far, the rewards and where it led: up to 50 pairs over a 100-step trial. The memory
+policy keys each row by the transition's origin (``transition_keys``); the GRU baseline is RL^2's
+GRU-128 with a separate value GRU (more parameters than the memory policy).
+
+Both policies of a task run the same PPO settings and env-step budget.
 
     python scripts/memory_vs_gru.py --out runs/memory_vs_gru            # 3 seeds each, 2 at a time
-    python scripts/memory_vs_gru.py --out runs/memory_vs_gru --json     # same, plus JSON
+    python scripts/memory_vs_gru.py --task tabular --out runs/mvg_tab --seeds 1 2 3 --json
     python scripts/memory_vs_gru.py --out DIR --set iterations=120      # smaller budget
 
 Runs whose ``final.json`` already exists in ``--out`` are reused, not retrained. Each run is
 ``meta-rl train PRESET --out DIR/NAME_sSEED --set seed=SEED --set num_threads=1 [--set ...]``.
-Printed: each seed's score over 1,000 test bandits (95% CI over tasks), each policy's mean over
+Printed: each seed's score over 1,000 test tasks (95% CI over tasks), each policy's mean over
 seeds with a t-interval over seeds, the difference (Welch t-interval), parameter counts and the
 reference players of the same runs.
 """
@@ -37,15 +45,29 @@ from scipy import stats
 from meta_rl.presets import get_preset
 from meta_rl.rl.rl2 import make_policy, make_trial_env
 
-MEMORY, BASELINE = "rl2-memory-vs-gru", "rl2-memory-vs-gru-baseline"
-REFS = ("ref_thompson", "ref_greedy", "ref_ucb1", "ref_random")
+# task -> (description, (memory label, preset), (GRU label, preset), reference keys)
+TASKS = {
+    "bandits20": (
+        "Bandit-v0 k=20 arms, n=40 pulls",
+        ("episodic8", "rl2-memory-vs-gru"),
+        ("gru28", "rl2-memory-vs-gru-baseline"),
+        ("ref_thompson", "ref_greedy", "ref_ucb1", "ref_random"),
+    ),
+    "tabular": (
+        "TabularMDP-v0 10 states, 5 actions, T=10, n=10 episodes",
+        ("episodic128", "rl2-memory-tabular"),
+        ("gru128", "rl2-tabular"),
+        ("ref_psrl", "ref_psrl_prior0", "ref_greedy", "ref_oracle", "ref_random"),
+    ),
+}
 
 
 def arms(args) -> list[tuple[str, str, list[str]]]:
     """(label, preset, extra overrides) of the two policies."""
+    _, (mem_label, mem_preset), (gru_label, gru_preset), _ = TASKS[args.task]
     gru = [f"hidden_size={args.gru_hidden}"] if args.gru_hidden else []
-    label = f"gru{args.gru_hidden}" if args.gru_hidden else "gru28"
-    return [("episodic8", MEMORY, []), (label, BASELINE, gru)]
+    label = f"gru{args.gru_hidden}" if args.gru_hidden else gru_label
+    return [(mem_label, mem_preset, []), (label, gru_preset, gru)]
 
 
 def run_one(preset: str, out: Path, seed: int, sets: list[str]) -> dict:
@@ -92,10 +114,11 @@ def welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--task", choices=sorted(TASKS), default="bandits20")
     ap.add_argument("--out", type=Path, required=True, help="folder of the runs")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time")
-    ap.add_argument("--gru-hidden", type=int, default=0, help="GRU hidden size (0: preset's 28)")
+    ap.add_argument("--gru-hidden", type=int, default=0, help="GRU hidden size (0: the preset's)")
     ap.add_argument("--set", action="append", default=[], help="override for both, key=value")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -115,7 +138,8 @@ def main() -> None:
             )
         )
 
-    result: dict = {"task": "Bandit-v0 k=20 arms, n=40 pulls", "policies": {}}
+    description, _, _, refs = TASKS[args.task]
+    result: dict = {"task": description, "policies": {}}
     n = len(args.seeds)
     for k, (label, preset, extra) in enumerate(arms(args)):
         runs = finals[k * n : (k + 1) * n]
@@ -131,7 +155,7 @@ def main() -> None:
             },
             "mean": float(scores.mean()),
             "t_ci95": t_ci(scores),
-            "refs": {k: float(np.mean([r[k] for r in runs])) for k in REFS if k in runs[0]},
+            "refs": {k: float(np.mean([r[k] for r in runs])) for k in refs if k in runs[0]},
         }
     (mem, pm), (gru, pg) = result["policies"].items()
     a = np.array([v["score"] for v in pm["seeds"].values()])

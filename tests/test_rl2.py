@@ -46,6 +46,10 @@ def test_config_errors_name_the_field():
         RL2Config(tasks_per_iteration=8, minibatches=64)
     with pytest.raises(ConfigError, match="memory_heads = 9"):
         RL2Config(policy="memory", memory_heads=9, memory_slots=8)
+    with pytest.raises(ConfigError, match="separate_critic = True applies to policy 'gru' only"):
+        RL2Config(policy="episodic", separate_critic=True)
+    with pytest.raises(ConfigError, match="transition_keys = True .* policy = 'gru'"):
+        RL2Config(transition_keys=True)
 
 
 def test_rollout_runs_whole_trials_with_memory_across_episodes():
@@ -101,7 +105,7 @@ def test_episodic_policy_with_action_reward_input_trains_on_tabular():
         memory_slots=8,
         memory_width=4,
         action_reward_input=True,
-        separate_critic=True,
+        transition_keys=True,
     )
     env = make_trial_env(config, 2, 1, torch.device("cpu"))
     assert make_policy(config, env, 0).action_reward == (10, 15, 15)  # [state, action, r, done]
@@ -111,6 +115,38 @@ def test_episodic_policy_with_action_reward_input_trains_on_tabular():
     with pytest.raises(ConfigError, match="action_reward_input=True needs a Discrete"):
         box = RL2Config(**TINY, env_id="MetaRL/PointNav-v0", action_reward_input=True)
         make_policy(box, make_trial_env(box, 2, 1, torch.device("cpu")), 0)
+
+
+def test_episodic_memory_policy_learns_tabular_mdps():
+    """The transition-keyed memory policy (preset rl2-memory-tabular, scaled down) on random
+    tabular MDPs, n=10 episodes of 10 steps: after 154k env steps its 500-task test score is
+    clearly above what a policy that has not learned scores (random actions: exactly 100; this
+    policy after one iteration: 101.2 ± 1.8; after 12: about 115)."""
+    config = RL2Config(
+        **{
+            **TINY,
+            "iterations": 12,
+            "tasks_per_iteration": 128,
+            "minibatches": 8,
+            "update_epochs": 4,
+            "hidden_size": 32,
+            "eval_tasks": 500,
+        },
+        env_id="MetaRL/TabularMDP-v0",
+        episodes_per_trial=10,
+        policy="episodic",
+        memory_slots=100,
+        memory_heads=4,
+        memory_width=8,
+        transition_keys=True,
+        action_reward_input=True,
+        time_feature=True,
+        lr=0.003,
+        reward_scale=0.05,
+    )
+    final = train(config)
+    assert final["env_steps"] == 12 * 128 * 100
+    assert final["eval_return"] - final["eval_ci95"] > R.tabular_random(10) + 8
 
 
 def test_resume_continues_exactly(tmp_path):

@@ -63,6 +63,16 @@ __all__ = [
 FAMILY_DEFAULTS = {"MetaRL/Bandit-v0": {"k": 5}}
 
 
+# fields that only one kind of policy reads: setting them for another is a config error
+POLICY_ONLY_FIELDS = {
+    "embed": ("gru",),
+    "separate_critic": ("gru",),
+    "action_reward_input": ("gru", "episodic"),
+    "transition_keys": ("episodic",),
+    "controller": ("memory",),
+}
+
+
 @dataclass
 class RL2Config(BaseConfig):
     """RL^2 with PPO over whole trials on a batched task family."""
@@ -154,6 +164,13 @@ class RL2Config(BaseConfig):
                 f"(tasks_per_iteration * envs_per_task = "
                 f"{self.tasks_per_iteration * self.envs_per_task})"
             )
+        for name, policies in POLICY_ONLY_FIELDS.items():
+            value = getattr(self, name)
+            if value != getattr(type(self), name) and self.policy not in policies:
+                raise ConfigError(
+                    f"{name} = {value!r} applies to policy {' / '.join(map(repr, policies))} "
+                    f"only; policy = {self.policy!r} would ignore it"
+                )
         if self.policy == "memory" and self.memory_heads > self.memory_slots:
             raise ConfigError(
                 f"memory_heads = {self.memory_heads} must be <= memory_slots = {self.memory_slots}"
@@ -331,6 +348,7 @@ def reference_returns(config: RL2Config, num_tasks: int, seed: int) -> dict[str,
         sizes = {key: kw[key] for key in ("num_states", "num_actions", "horizon") if key in kw}
         put("psrl", R.tabular_psrl(n, num_tasks, seed, **sizes))
         put("psrl_prior0", R.tabular_psrl(n, num_tasks, seed, reward_prior_mean=0.0, **sizes))
+        put("greedy", R.tabular_greedy(n, num_tasks, seed, **sizes))
         put("oracle", R.tabular_oracle(n, num_tasks, seed, **sizes))
         put("random", R.tabular_random(n, sizes.get("horizon", 10)))
     elif config.env_id == "MetaRL/PointNav-v0":
