@@ -283,8 +283,9 @@ def test_maml_one_iteration_on_the_other_families(name, env_id):
     assert math.isfinite(out["eval_return_1"]) and 0.0 < out["kl"] < 1.0
 
 
-@pytest.mark.parametrize("env_id", ["MetaRL/AntDir-v0", "MetaRL/AntGoal-v0"])
-def test_rl2_one_iteration_on_the_ant_families(env_id):
-    # (HalfCheetahDir: RL^2 evaluates on the test split, which that family does not have.)
-    out = train_preset("rl2-halfcheetah-vel", [*TINY_RL2, f"env_id={env_id}", "eval_tasks=1"])
+@pytest.mark.parametrize("env_id", sorted(OTHER))
+def test_rl2_one_iteration_on_the_other_families(env_id):
+    out = train_preset(
+        "rl2-halfcheetah-vel", [*TINY_RL2, *TINIER, f"env_id={env_id}", *OTHER[env_id]]
+    )
     assert 0 < out["env_steps"] <= 2 * 2 * 10 and math.isfinite(out["eval_return"])

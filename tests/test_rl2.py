@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from meta_rl_envs import references as R
@@ -161,6 +163,28 @@ def test_resume_continues_exactly(tmp_path):
     with Run.resume(tmp_path / "half", ["iterations=4"]) as run:
         resumed = train(run.config, run)
     assert _same(resumed, full)
+
+
+def test_eval_split_picks_the_evaluation_tasks_and_the_references():
+    ood = RL2Config(
+        **TINY,
+        env_id="MetaRL/PointNav-v0",
+        env_kwargs={"horizon": 5},
+        episodes_per_trial=2,
+        eval_split="ood",
+        eval_every=0,
+    )
+    env = make_trial_env(ood, 4, 1, torch.device("cpu"))
+    goals = env.sample_tasks(4, 0, "ood")
+    assert all(max(abs(g) for g in t.goal) > 0.5 for t in goals)  # outside the training square
+    refs = {s: reference_returns(replace(ood, eval_split=s), 200, 0) for s in ("test", "ood")}
+    # standing still costs more than twice as much when the goals lie further out
+    assert refs["ood"]["zero"]["mean"] < 2 * refs["test"]["zero"]["mean"]
+    final = train(replace(ood, references=True))  # references on the evaluation's tasks
+    same = reference_returns(ood, ood.eval_tasks, ood.seed + 2)["zero"]["mean"]
+    assert final["ref_zero"] == pytest.approx(same)
+    with pytest.raises(Exception, match="ood"):  # tabular MDPs have no ood split
+        train(RL2Config(**TINY, env_id="MetaRL/TabularMDP-v0", eval_split="ood"))
 
 
 def test_references_in_the_same_run():

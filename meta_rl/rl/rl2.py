@@ -145,9 +145,12 @@ class RL2Config(BaseConfig):
     reward_scale: float = field(default=1.0, metadata=bounds(gt=0))
     """training rewards are multiplied by this (the policy still observes raw rewards)"""
     eval_every: int = field(default=50, metadata=bounds(ge=0))
-    """evaluate on test-split tasks every this many iterations (0: only at the end)"""
+    """evaluate on `eval_split` tasks every this many iterations (0: only at the end)"""
     eval_tasks: int = field(default=1000, metadata=bounds(ge=1))
-    """test-split tasks of an evaluation (one trial each; fixed by the seed)"""
+    """tasks of an evaluation (one trial each; fixed by the seed)"""
+    eval_split: Literal["train", "test", "ood"] = "test"
+    """task split evaluation and the references sample from ("train" for train-only families such
+    as HalfCheetahDir, "ood" for families with an out-of-distribution range)"""
     eval_deterministic: bool = False
     """evaluate with the most likely action instead of sampling"""
     references: bool = True
@@ -322,12 +325,13 @@ def evaluate(
 
 
 def reference_returns(config: RL2Config, num_tasks: int, seed: int) -> dict[str, dict[str, float]]:
-    """The family's reference solvers over ``num_tasks`` test tasks: name -> mean/se/ci95.
+    """The family's reference solvers over ``num_tasks`` tasks of ``config.eval_split``: name ->
+    mean/se/ci95 (the same tasks as the evaluation for the same ``seed``).
 
     Families without shipped references return ``{}``."""
     from meta_rl_envs import references as R
 
-    n = config.episodes_per_trial
+    n, split = config.episodes_per_trial, config.eval_split
     kw = {**FAMILY_DEFAULTS.get(config.env_id, {}), **config.env_kwargs}
     out: dict[str, dict[str, float]] = {}
 
@@ -340,21 +344,22 @@ def reference_returns(config: RL2Config, num_tasks: int, seed: int) -> dict[str,
 
     if config.env_id == "MetaRL/Bandit-v0":
         k = int(kw.get("k", 5))
-        if n <= 20:
+        if n <= 20 and split != "ood":  # exact under the prior, which ood tasks leave
             put("bayes_optimal", R.bandit_bayes_optimal(n, k))
         for name in R.BANDIT_POLICIES:
-            put(name, R.bandit_policy(name, n, k, num_tasks, seed))
+            put(name, R.bandit_policy(name, n, k, num_tasks, seed, split))
     elif config.env_id == "MetaRL/TabularMDP-v0":
         sizes = {key: kw[key] for key in ("num_states", "num_actions", "horizon") if key in kw}
+        sizes["split"] = split
         put("psrl", R.tabular_psrl(n, num_tasks, seed, **sizes))
         put("psrl_prior0", R.tabular_psrl(n, num_tasks, seed, reward_prior_mean=0.0, **sizes))
         put("greedy", R.tabular_greedy(n, num_tasks, seed, **sizes))
         put("oracle", R.tabular_oracle(n, num_tasks, seed, **sizes))
-        put("random", R.tabular_random(n, sizes.get("horizon", 10)))
+        put("random", R.tabular_random(n, kw.get("horizon", 10)))
     elif config.env_id == "MetaRL/PointNav-v0":
         nav = {key: kw[key] for key in ("horizon", "max_step", "goal_radius") if key in kw}
         for name in R.NAV_POLICIES:  # per-episode returns; a trial is n episodes
-            put(name, R.navigation_return(name, num_tasks, seed, **nav), scale=n)
+            put(name, R.navigation_return(name, num_tasks, seed, split=split, **nav), scale=n)
     return out
 
 
@@ -376,7 +381,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
     env = make_trial_env(config, shard.size, config.envs_per_task, device)
     distributed.attach_shard(env, shard)
     eval_env = make_trial_env(config, config.eval_tasks, 1, device)
-    eval_env.set_tasks(eval_env.sample_tasks(config.eval_tasks, config.seed + 2, "test"))
+    eval_env.set_tasks(eval_env.sample_tasks(config.eval_tasks, config.seed + 2, config.eval_split))
     task_rng = np.random.default_rng(config.seed)
     action_gen = torch.Generator(device=device).manual_seed(config.seed)
     env_seed_gen = np.random.default_rng(config.seed + 3)
