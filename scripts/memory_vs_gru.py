@@ -17,7 +17,7 @@ GRU-128 with a separate value GRU (more parameters than the memory policy).
 Both policies of a task run the same PPO settings and env-step budget.
 
     python scripts/memory_vs_gru.py --out runs/memory_vs_gru            # 3 seeds each, 2 at a time
-    python scripts/memory_vs_gru.py --task tabular --out runs/mvg_tab --seeds 1 2 3 --json
+    python scripts/memory_vs_gru.py --task tabular --out runs/mvg_tab --seeds 1 2 3 --plot mvg.png
     python scripts/memory_vs_gru.py --out DIR --set iterations=120      # smaller budget
 
 Runs whose ``final.json`` already exists in ``--out`` are reused, not retrained. Each run is
@@ -112,6 +112,49 @@ def welch(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     return float(a.mean() - b.mean()), float(stats.t.ppf(0.975, dof) * se), p
 
 
+def plot(result: dict, out: Path, path: Path) -> Path:
+    """Training return per trial vs env steps: each policy's mean over seeds (band: min to max
+    over seeds), its held-out scores as dots, the same runs' references as dotted lines."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
+    for i, (label, v) in enumerate(result["policies"].items()):
+        curves = []
+        for seed in v["seeds"]:
+            with open(out / f"{label}_s{seed}" / "metrics.csv") as fh:
+                rows = list(csv.DictReader(fh))
+            curves.append([(float(r["env_steps"]), float(r["return"])) for r in rows])
+        n = min(len(c) for c in curves)
+        x = np.array([p[0] for p in curves[0][:n]]) / 1e6
+        y = np.array([[p[1] for p in c[:n]] for c in curves])
+        ax.plot(x, y.mean(0), color=f"C{i}", label=f"{label} ({v['params']:,} params), training")
+        ax.fill_between(x, y.min(0), y.max(0), color=f"C{i}", alpha=0.2, linewidth=0)
+        scores = [s["score"] for s in v["seeds"].values()]
+        ax.plot([v["env_steps"] / 1e6] * len(scores), scores, "o", color=f"C{i}", ms=4)
+    first = next(iter(result["policies"].values()))
+    for j, (name, value) in enumerate(first["refs"].items()):
+        ax.axhline(value, ls=":", color=f"C{3 + j}", label=f"{name[4:]} (same tasks)")
+    ax.set_xlabel("env steps (millions)")
+    ax.set_ylabel("total reward of a trial")
+    ax.set_title(
+        f"{result['task']}: mean over seeds {', '.join(map(str, first['seeds']))}\n"
+        "(band: min-max over seeds; dots: held-out score of each seed, 1,000 test tasks)",
+        fontsize=9,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right", ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--task", choices=sorted(TASKS), default="bandits20")
@@ -121,6 +164,7 @@ def main() -> None:
     ap.add_argument("--gru-hidden", type=int, default=0, help="GRU hidden size (0: the preset's)")
     ap.add_argument("--set", action="append", default=[], help="override for both, key=value")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--plot", type=Path, help="write learning curves of both policies to this PNG")
     args = ap.parse_args()
     if args.jobs < 1:
         ap.error(f"--jobs must be >= 1, got {args.jobs}")
@@ -170,6 +214,8 @@ def main() -> None:
         print(f"{label:<10} {v['params']:>7}  {cells}  mean {v['mean']:.2f} ± {v['t_ci95']:.2f}")
     print(f"{mem} - {gru}: {diff:+.2f} ± {half:.2f} (Welch 95% CI), p = {p:.3g}")
     print("references: " + ", ".join(f"{k[4:]} {x:.2f}" for k, x in pm["refs"].items()))
+    if args.plot:
+        print(f"plot: {plot(result, args.out, args.plot)}")
     if args.json:
         print(json.dumps(result, indent=2))
 
