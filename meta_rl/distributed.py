@@ -44,6 +44,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import signal
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -509,13 +510,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     Rank 0 runs the command as usual (it alone writes the run folder); ranks > 0 of ``train``
     run the same trainer without a run folder. Other commands run on rank 0 only. A failure in
     a collective (a peer died or hung past the timeout) ends this rank with status 1 and a
-    message; torchrun's agent then stops the remaining ranks."""
+    message; torchrun's agent then stops the remaining ranks with SIGTERM, which ends each of
+    them the same way (files are written atomically, so the last checkpoint is whole)."""
     from meta_rl.cli import main as cli_main
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if not pending():
         return cli_main(argv)
     ctx = init()
+    signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         preset = ctx.broadcast_object(_train_preset(argv) if ctx.is_main else None)
         trainer = _trainer_path(preset)
@@ -533,17 +536,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("meta_rl").setLevel(logging.WARNING)
         return _follower(preset)
     except (RuntimeError, OSError) as err:
-        if not _is_comm_error(err):
+        if isinstance(err, RankStopped):
+            why = str(err)
+        elif _is_comm_error(err):
+            first = str(err).splitlines()[0] if str(err) else ""
+            why = f"lost contact with the other ranks ({type(err).__name__}: {first})"
+        else:
             raise
         print(
-            f"meta-rl: error: rank {ctx.rank} of {ctx.world_size} lost contact with the other "
-            f"ranks ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); the "
-            "job stops. Continue from the last checkpoint with the same command and --resume.",
+            f"meta-rl: error: rank {ctx.rank} of {ctx.world_size} {why}; the job stops. "
+            "Continue from the last checkpoint with the same command and --resume.",
             file=sys.stderr,
         )
         return 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         shutdown()
+
+
+class RankStopped(RuntimeError):
+    """This rank was told to stop (SIGTERM: torchrun stops every rank once one has failed)."""
+
+
+def _raise_stopped(signum: int, frame: Any) -> None:
+    raise RankStopped(
+        f"was stopped by {signal.Signals(signum).name} (torchrun stops every rank once one fails)"
+    )
 
 
 def _is_comm_error(err: BaseException) -> bool:
