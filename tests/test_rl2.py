@@ -32,6 +32,8 @@ TINY = dict(
     num_threads=1,
 )
 
+NAV = dict(env_id="MetaRL/PointNav-v0", env_kwargs={"horizon": 5}, episodes_per_trial=2)
+
 
 def _same(a: dict, b: dict) -> bool:
     """Equal metrics apart from the wall-clock speed."""
@@ -85,9 +87,7 @@ def test_same_seed_same_numbers_and_different_seed_differs():
 def test_memory_policy_trains_on_pointnav_box_actions():
     config = RL2Config(
         **{**TINY, "iterations": 2},
-        env_id="MetaRL/PointNav-v0",
-        env_kwargs={"horizon": 5},
-        episodes_per_trial=2,
+        **NAV,
         policy="memory",
         memory_slots=4,
         memory_width=4,
@@ -168,9 +168,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_eval_split_picks_the_evaluation_tasks_and_the_references():
     ood = RL2Config(
         **TINY,
-        env_id="MetaRL/PointNav-v0",
-        env_kwargs={"horizon": 5},
-        episodes_per_trial=2,
+        **NAV,
         eval_split="ood",
         eval_every=0,
     )
