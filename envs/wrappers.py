@@ -274,4 +274,6 @@ class BatchedTrialEnv:
             "trial_episode": self.episode.clamp(max=self.episodes_per_trial - 1),
             "final_obs": final_obs,
         }
+        if "success" in info:  # families that report it (e.g. Meta-World through VectorTaskEnv)
+            out_info["success"] = info["success"] & active
         return new_obs, reward, trial_over & terminated, trial_over & ~terminated, out_info

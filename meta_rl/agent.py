@@ -116,6 +116,9 @@ class TrialResult:
     last_reward: Tensor
     steps: Tensor
     """[N] steps each row took"""
+    success: Tensor | None = None
+    """[episodes, N] whether the env reported ``info["success"]`` during each inner episode
+    (``None``: the env reports no success)"""
 
 
 @torch.no_grad()
@@ -144,7 +147,7 @@ def trial_episode_returns(
     index = torch.zeros(n, dtype=torch.long, device=env.device)
     steps = torch.zeros(n, dtype=torch.long, device=env.device)
     rows = torch.arange(n, device=env.device)
-    action = reward = None
+    action = reward = success = None
     for t in range(env.max_trial_length):
         x = obs
         if time_feature:
@@ -157,11 +160,15 @@ def trial_episode_returns(
         ep = index.clamp(max=episodes - 1)
         returns[ep, rows] += reward * active
         lengths[ep, rows] += active.float()
+        if "success" in info:
+            if success is None:
+                success = torch.zeros(episodes, n, dtype=torch.bool, device=env.device)
+            success[ep, rows] |= info["success"] & active
         steps += active.long()
         index = index + info["episode_done"].long()
         if not bool(info["active"].any()) and t % 16 == 15:
             break
-    return TrialResult(returns, lengths, state, action, reward, steps)
+    return TrialResult(returns, lengths, state, action, reward, steps, success)
 
 
 def _select_state(mask: Tensor, new: Any, old: Any) -> Any:

@@ -22,11 +22,12 @@ Baselines on the same tasks and seeds:
   ``deterministic=True``);
 - ``reference``: the analytic solvers shipped in :mod:`meta_rl_envs.references` where the family
   has them (navigation: the straight-to-goal oracle and standing still; bandits: Bayes-optimal
-  by dynamic programming, Thompson sampling, random; tabular MDPs: PSRL, the per-MDP optimum,
-  random). They are computed on the same tasks (the same task-space draws from ``seed``).
+  by dynamic programming, Thompson sampling, random; tabular MDPs: PSRL, greedy, the per-MDP
+  optimum, random). They are computed on the same tasks (the same task-space draws from ``seed``).
 
 When the env's ``info`` carries ``success`` (e.g. Meta-World), the success rate of each point
-is reported too. :func:`write_outputs` writes ``report.json`` and ``adaptation.png``;
+is reported too (gradient agents: after each inner step; memory agents: in each episode of the
+trial). :func:`write_outputs` writes ``report.json`` and ``adaptation.png``;
 :func:`markdown_table` renders the report as a table.
 """
 
@@ -80,58 +81,30 @@ def mean_ci95(x: Any) -> dict[str, float]:
 # --------------------------------------------------------------------------------------------
 # Success rates from Gymnasium envs whose info carries "success"
 # --------------------------------------------------------------------------------------------
-class _SuccessRecorder(gym.vector.VectorWrapper):
-    """Records, per row, whether the row's first episode since ``reset`` reported a true
-    ``info["success"]`` at any step (``seen``: whether the key appeared at all)."""
+class SuccessVectorTaskEnv(VectorTaskEnv):
+    """:class:`~meta_rl.rl.rollout.VectorTaskEnv` that records, per row, whether the row's first
+    episode since ``reset`` reported a true ``info["success"]`` at any step."""
 
-    def __init__(self, env: gym.vector.VectorEnv) -> None:
-        super().__init__(env)
-        self.seen = False
-        self.success = np.zeros(env.num_envs, dtype=bool)
-        self._alive = np.ones(env.num_envs, dtype=bool)
-
-    @property
-    def envs(self) -> list[gym.Env]:
-        return self.env.envs
-
-    def reset(self, **kwargs: Any):
-        out = self.env.reset(**kwargs)
-        self.success[:] = False
-        self._alive[:] = True
+    def reset(self, seed: int | None = None):
+        out = super().reset(seed)
+        self._seen = False
+        self._success = np.zeros(self.num_envs, dtype=bool)
+        self._alive = np.ones(self.num_envs, dtype=bool)
         return out
 
-    def _read(self, info: dict[str, Any]) -> np.ndarray | None:
-        if "success" not in info:
-            return None
-        self.seen = True
-        values = np.asarray(info["success"], dtype=np.float64) > 0
-        return values & np.asarray(info.get("_success", np.ones_like(values)), dtype=bool)
-
-    def step(self, actions: Any):
-        obs, reward, terminated, truncated, info = self.env.step(actions)
-        hit = np.zeros(self.num_envs, dtype=bool)
-        for part in (info, info.get("final_info", {})):  # same-step autoreset: final_info
-            values = self._read(part) if isinstance(part, dict) else None
-            if values is not None:
-                hit |= values
-        self.success |= hit & self._alive
-        self._alive &= ~(np.asarray(terminated) | np.asarray(truncated))
+    def step(self, action: torch.Tensor):
+        obs, reward, terminated, truncated, info = super().step(action)
+        if "success" in info:
+            self._seen = True
+            self._success |= info["success"].cpu().numpy() & self._alive
+        self._alive &= ~(terminated | truncated).cpu().numpy()
         return obs, reward, terminated, truncated, info
-
-
-class SuccessVectorTaskEnv(VectorTaskEnv):
-    """:class:`~meta_rl.rl.rollout.VectorTaskEnv` that also records ``info["success"]``."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.envs = _SuccessRecorder(self.envs)
 
     def task_success(self) -> np.ndarray | None:
         """[T] success rate of each task's episodes since the last reset (None: no info key)."""
-        rec = self.envs
-        if not rec.seen:
+        if not getattr(self, "_seen", False):
             return None
-        return rec.success.reshape(self.num_tasks, self.envs_per_task).mean(1)
+        return self._success.reshape(self.num_tasks, self.envs_per_task).mean(1)
 
 
 def _make_task_env(env_id: str, num_tasks: int, envs_per_task: int, device: str, **kw: Any):
@@ -476,7 +449,11 @@ def _evaluate(
         res = agent.run_trials(env, seed, deterministic)
         lengths = res.lengths.double()
         before = torch.cat([torch.zeros_like(lengths[:1]), lengths[:-1].cumsum(0)])
-        points = [_point(i + 1, before[i].mean().item(), res.returns[i].cpu()) for i in range(n)]
+        success = res.success.cpu().numpy() if res.success is not None else [None] * n
+        points = [
+            _point(i + 1, before[i].mean().item(), res.returns[i].cpu(), success[i])
+            for i in range(n)
+        ]
         unit, eval_episodes = "episodes", int(episodes or 10)
         series.append(
             {

@@ -10,6 +10,7 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from meta_rl_envs import FamilySpec, TaskError, add_family
 from meta_rl_envs.builder import make_family
 
@@ -163,6 +164,37 @@ def test_family_builder_env_not_trained_on_with_success_rate(grad_run):
         baselines=(),
     )
     assert "success" in markdown_table(near)
+
+
+def test_trial_env_passes_success_per_step():
+    """A trial over a Gymnasium family reports info["success"] per row and step (and False for
+    rows that have finished their trial)."""
+    from meta_rl_envs.wrappers import BatchedTrialEnv
+
+    from meta_rl.rl.rollout import VectorTaskEnv
+
+    env = BatchedTrialEnv(VectorTaskEnv("MetaRLTest/Reach-v0", 2, 1), 2)
+    near, far = (env.task_space.validate({"goal_x": g, "goal_y": g}) for g in (0.05, 0.45))
+    env.set_tasks([near, far])  # standing still: inside 0.15 of the near goal, never the far one
+    env.reset(seed=0)
+    seen = []
+    for _ in range(env.max_trial_length + 1):
+        *_, info = env.step(torch.zeros(2, 2))
+        seen.append(info["success"].tolist())
+    assert seen[:-1] == [[True, False]] * env.max_trial_length and seen[-1] == [False, False]
+
+
+def test_memory_agent_success_rate_per_episode_of_a_trial(tmp_path):
+    run = train_cli(
+        "rl2-pointnav", tmp_path / "rl2nav", {**TINY_RL2, "env_kwargs": '{"horizon": 20}'}
+    )
+    report = evaluate(run, env_id="MetaRLTest/Reach-v0", tasks=4, budget=2, baselines=())
+    points = report["series"][0]["points"]
+    assert [p["budget"] for p in points] == [1, 2]
+    for p in points:
+        assert set(p["success_per_task"]) <= {0.0, 1.0}  # one trial per task: hit or not
+        assert p["success_rate"] == pytest.approx(np.mean(p["success_per_task"]))
+    assert "success" in markdown_table(report)
 
 
 def test_mismatched_spaces_and_bad_arguments(grad_run, tmp_path, capsys):

@@ -109,21 +109,41 @@ class VectorTaskEnv:
         return t.float() if t.is_floating_point() else t
 
     def step(self, action: Tensor):
+        """Batched-env step; ``info`` holds ``final_obs`` and, when the envs report one,
+        ``success`` (``[N]`` bool: ``info["success"]`` was true at this step)."""
         obs, reward, terminated, truncated, info = self.envs.step(action.cpu().numpy())
         final = np.array(obs, copy=True)
         if "_final_obs" in info:
             for i in np.flatnonzero(info["_final_obs"]):
                 final[i] = info["final_obs"][i]
+        out = {"final_obs": self._tensor(final)}
+        success = info_success(info)
+        if success is not None:
+            out["success"] = torch.as_tensor(success, device=self.device)
         return (
             self._tensor(obs),
             self._tensor(reward).float(),
             torch.as_tensor(terminated, device=self.device),
             torch.as_tensor(truncated, device=self.device),
-            {"final_obs": self._tensor(final)},
+            out,
         )
 
     def close(self) -> None:
         self.envs.close()
+
+
+def info_success(info: dict[str, Any]) -> np.ndarray | None:
+    """Per-row ``info["success"]`` of a Gymnasium vector env's step as a bool array (a row
+    whose env did not report it counts as False), including the ``final_info`` of rows reset in
+    the same step; ``None`` when no row reported it."""
+    hit, seen = None, False
+    for part in (info, info.get("final_info")):
+        if not isinstance(part, dict) or "success" not in part:
+            continue
+        values = np.asarray(part["success"], dtype=np.float64) > 0
+        values &= np.asarray(part.get("_success", np.ones_like(values)), dtype=bool)
+        hit, seen = (values if hit is None else hit | values), True
+    return hit if seen else None
 
 
 def make_env(
