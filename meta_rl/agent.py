@@ -651,15 +651,6 @@ class MemoryAgent(Agent):
         after :meth:`adapt`), seeded: env noise ``seed``, actions ``seed``."""
         env.env.reset(seed=seed)
         gen = torch.Generator(device=env.device).manual_seed(seed)
-        state = None
-        if self.warm_state is not None:
-            state = _unflatten_state(
-                self.warm_state,
-                [
-                    t.expand(env.num_envs, *t.shape[1:]).clone()
-                    for t in _flatten_state(self.warm_state)
-                ],
-            )
         return trial_episode_returns(
             self.policy,
             env,
@@ -667,7 +658,7 @@ class MemoryAgent(Agent):
             deterministic,
             self.config.time_feature,
             self.max_trial_length,
-            state,
+            self._fresh_state(env.num_envs),
             self.warm_steps,
         )
 

@@ -85,11 +85,18 @@ class SuccessVectorTaskEnv(VectorTaskEnv):
     """:class:`~meta_rl.rl.rollout.VectorTaskEnv` that records, per row, whether the row's first
     episode since ``reset`` reported a true ``info["success"]`` at any step."""
 
-    def reset(self, seed: int | None = None):
-        out = super().reset(seed)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._clear()
+
+    def _clear(self) -> None:
         self._seen = False
         self._success = np.zeros(self.num_envs, dtype=bool)
         self._alive = np.ones(self.num_envs, dtype=bool)
+
+    def reset(self, seed: int | None = None):
+        out = super().reset(seed)
+        self._clear()
         return out
 
     def step(self, action: torch.Tensor):
@@ -102,7 +109,7 @@ class SuccessVectorTaskEnv(VectorTaskEnv):
 
     def task_success(self) -> np.ndarray | None:
         """[T] success rate of each task's episodes since the last reset (None: no info key)."""
-        if not getattr(self, "_seen", False):
+        if not self._seen:
             return None
         return self._success.reshape(self.num_tasks, self.envs_per_task).mean(1)
 
