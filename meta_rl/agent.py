@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from meta_rl.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from meta_rl.policies import distributions as D
-from meta_rl.rl.maml import AdaptationCurve, adaptation_curve
+from meta_rl.rl.maml import adaptation_curve
 from meta_rl.runs import RunError, load_config, read_run
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,6 @@ __all__ = [
     "MemoryAgent",
     "SpaceMismatchError",
     "VectorAsBatched",
-    "adaptation_curve",
     "check_spaces",
     "load",
     "trial_episode_returns",
@@ -443,18 +442,6 @@ class GradientAgent(Agent):
         self.check_env(env, f"family {env_id!r}")
         return env
 
-    def adaptation_curve(
-        self,
-        env: Any,
-        tasks: list[Any],
-        steps: int,
-        seed: int = 0,
-        after_sampling: Callable[[int, Any, Any], None] | None = None,
-    ) -> AdaptationCurve:
-        """See :func:`adaptation_curve` (from this agent's meta-params)."""
-        self.check_env(env, "env")
-        return adaptation_curve(self.learner, env, tasks, steps, seed, after_sampling)
-
     def adapt(
         self, env_or_task: Any, budget: int = 1, episodes: int | None = None, seed: int = 0
     ) -> GradientAgent:
@@ -536,7 +523,7 @@ class _ExportedMLP(nn.Module):
 
     @torch.jit.export
     def head(self, obs: Tensor) -> Tensor:
-        return self.net(obs)
+        return self.net(obs.to(self.log_std.dtype))
 
     def forward(
         self,
@@ -544,10 +531,13 @@ class _ExportedMLP(nn.Module):
         deterministic: bool = True,
         noise: Tensor | None = None,
     ) -> Tensor:
-        """Actions for ``obs`` [..., obs_dim]: the mode, or a sample with ``noise`` (standard
-        normals for Box, uniforms for Discrete; drawn with torch's default generator if None).
-        Box actions are clipped to the action space bounds."""
-        out = self.net(obs)
+        """Actions for ``obs`` [..., obs_dim] (a tensor of any real dtype, e.g.
+        ``torch.as_tensor(env_obs)`` of a numpy observation; computed in float32): the mode, or a
+        sample with ``noise`` (standard normals for Box, uniforms for Discrete; drawn with torch's
+        default generator if None). Box actions are clipped to the action space bounds."""
+        out = self.head(obs)
+        if noise is not None:
+            noise = noise.to(out.dtype)
         if self.discrete:
             if deterministic:
                 return torch.argmax(out, dim=-1) + self.start
@@ -831,7 +821,10 @@ class _ExportedRecurrent(nn.Module):
         deterministic: bool = True,
         noise: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        head, state = self.core(obs, state)
+        dtype = self.init.dtype  # the env's numpy observation may come as float64
+        head, state = self.core(obs.to(dtype), state.to(dtype))
+        if noise is not None:
+            noise = noise.to(dtype)
         if self.discrete:
             if deterministic:
                 return torch.argmax(head, dim=-1) + self.start, state

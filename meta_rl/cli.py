@@ -7,7 +7,8 @@
     meta-rl presets [NAME]                training presets (NAME: its config fields)
     meta-rl train PRESET_OR_YAML [--set key=value ...] [--out DIR] [--resume] [--no-progress]
     meta-rl evaluate RUN [--split test|ood] [--tasks N] [--budget K] [--baselines none,ppo,...]
-                         [--ppo-multipliers 1,10,100] [--out DIR] [--json] [--no-progress]
+                         [--ppo-multipliers 1,10[,100]] [--ppo-workers N] [--out DIR] [--json]
+                         [--no-progress]
 
 Bad input (unknown preset, bad ``--set``, a run folder that would be overwritten...) prints one
 line to stderr and exits with status 2; nothing is created before the config is valid.
@@ -396,7 +397,7 @@ def _csv(kind: type, text: str) -> list[Any]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from meta_rl.evaluate import evaluate, markdown_table, write_outputs
+    from meta_rl.evaluate import evaluate_run, markdown_table, write_outputs
 
     run = Path(args.run)
     out = Path(args.out) if args.out else run / f"evaluation-{args.split}"
@@ -412,7 +413,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         dynamic_ncols=True,
     )
     with bar:
-        report = evaluate(
+        report = evaluate_run(
             run,
             split=args.split,
             tasks=args.tasks,
@@ -423,13 +424,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             env_kwargs=env_kwargs,
             episodes=args.episodes,
             ppo_multipliers=args.ppo_multipliers,
+            ppo_workers=args.ppo_workers,
             deterministic=args.deterministic,
             device=args.device,
-            progress=bar,
+            progress=None if bar.disable else bar,  # no bar: progress lines in the log
         )
     paths = write_outputs(report, out)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
         print(markdown_table(report))
         print(f"\nwrote {paths['report']} and {paths['plot']}")
@@ -512,8 +514,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ppo-multipliers",
         type=lambda t: _csv(float, t),
-        default=[1.0, 10.0, 100.0],
-        help="PPO budgets as multiples of the adaptation's env steps (default: 1,10,100)",
+        default=[1.0, 10.0],
+        help="PPO budgets as multiples of the adaptation's env steps (default: 1,10; "
+        "1,10,100 adds the 100x baseline, several minutes)",
+    )
+    p.add_argument(
+        "--ppo-workers",
+        type=_positive,
+        default=None,
+        help="processes for the per-task PPO runs (default: one per available core)",
     )
     p.add_argument(
         "--deterministic",

@@ -121,12 +121,12 @@ def test_load_gives_the_trained_policy_and_same_actions_in_a_fresh_process(grad_
 
 
 def test_adaptation_is_the_training_code_path(grad_run):
-    from meta_rl.rl.maml import evaluate_adaptation
+    from meta_rl.rl.maml import adaptation_curve, evaluate_adaptation
 
     agent = meta_rl.load(grad_run)
     env = agent.make_env(3, 2)
     tasks = env.sample_tasks(3, np.random.default_rng(1), "test")
-    curve = agent.adaptation_curve(env, tasks, 2, seed=7)
+    curve = adaptation_curve(agent.learner, env, tasks, 2, seed=7)
     assert curve.returns.shape == (3, 3) and curve.env_steps.shape == (3, 3)
     # the mean over tasks is exactly what training's evaluation logs for the same seed
     assert curve.returns.mean(1).tolist() == evaluate_adaptation(agent.learner, env, tasks, 2, 7)
@@ -190,6 +190,36 @@ def test_export_loads_in_a_process_without_meta_rl_and_matches(grad_run, tmp_pat
     np.testing.assert_allclose(np.array(got["sam"]), sam, atol=1e-6)
     unadapted, _ = agent.predict(OBS, deterministic=True)
     assert not np.allclose(unadapted, det)
+
+
+def test_exported_policies_take_the_envs_numpy_observation_in_any_float_dtype(
+    grad_run, mem_run, tmp_path
+):
+    """README: ``torch.jit.load("policy.pt")(torch.as_tensor(obs))`` with the env's own numpy
+    observation; a float64 tensor gives the same actions as float32 (issue 14)."""
+    agent = meta_rl.load(grad_run)
+    policy = torch.jit.load(str(agent.export(tmp_path / "policy.pt")))
+    env = gym.make("MetaRL/PointNav-v0")
+    obs, _ = env.reset(seed=0)
+    action = policy(torch.as_tensor(obs)).numpy()  # the README line
+    assert action.shape == env.action_space.shape and env.action_space.contains(action)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16, torch.int64):
+        x = torch.as_tensor(OBS).to(dtype)
+        assert policy(x).dtype == torch.float32
+        assert (
+            policy(x, False, torch.zeros(len(OBS), 2, dtype=torch.float64)).dtype == torch.float32
+        )
+    x64 = torch.as_tensor(OBS.astype(np.float64))
+    assert torch.equal(policy(x64), policy(torch.as_tensor(OBS)))
+    assert torch.equal(policy.head(x64), policy.head(torch.as_tensor(OBS)))
+
+    memory = meta_rl.load(mem_run)
+    rl2 = torch.jit.load(str(memory.export(tmp_path / "rl2.pt")))
+    trial_obs = np.random.default_rng(0).random((3, memory.trial_observation_space.shape[0]))
+    state = rl2.initial_state(3)
+    a64, s64 = rl2(torch.as_tensor(trial_obs), state.double())  # numpy float64 as it comes
+    a32, s32 = rl2(torch.as_tensor(trial_obs, dtype=torch.float32), state)
+    assert torch.equal(a64, a32) and torch.equal(s64, s32) and s64.dtype == torch.float32
 
 
 # --------------------------------------------------------------------------------------------
