@@ -10,8 +10,7 @@ top-to-bottom block in the trainer's file; its bookkeeping is one call here)::
         for it in range(start, config.iterations):
             step = it + 1
             ...one update; metrics = {...}...
-            loop.end_step(run, config, step, metrics, loss=..., params=..., evaluate=evaluation,
-                          checkpoint=checkpoint, hint="lower lr")
+            loop.end_step(run, config, step, metrics, params, evaluation, checkpoint, HINT)
     return loop.final(metrics, evaluation)
 
 Conventions, the same for every trainer:
@@ -19,9 +18,9 @@ Conventions, the same for every trainer:
 - ``eval_every``, ``log_every`` and ``checkpoint_every`` count iterations; each is also due at the
   last iteration (so a run always ends evaluated, logged and checkpointed); 0 turns off the
   periodic one, never the last.
-- Divergence: a non-finite loss or parameter stops training *before* anything of that iteration
-  is evaluated, logged or saved, so the newest checkpoint is the last good one. The message says
-  which checkpoint is kept, or that none was written yet.
+- Divergence: a non-finite loss (any metric named ``*loss``) or parameter stops training
+  *before* anything of that iteration is evaluated, logged or saved, so the newest checkpoint is
+  the last good one. The message says which checkpoint is kept, or that none was written yet.
 - Without a run (``run=None``, e.g. tests or notebooks) nothing is written; metrics go to the log.
 """
 
@@ -151,16 +150,15 @@ def end_step(
     config: Any,
     step: int,
     metrics: Metrics,
-    *,
-    loss: float | Mapping[str, float],
     params: Iterable[Tensor],
     evaluate: Callable[[], Mapping[str, float]],
     checkpoint: Callable[[], Saved],
     hint: str,
-) -> Metrics:
-    """After the update of iteration ``step``: the divergence guard, then (when due) evaluation
-    into ``metrics``, the metrics row and the checkpoint. Returns ``metrics``."""
-    guard(step, run, loss, params, hint)
+) -> None:
+    """After the update of iteration ``step``: the divergence guard on ``params`` and on every
+    metric named ``*loss`` (``hint`` says what to change), then, when due, ``evaluate()`` into
+    ``metrics``, the metrics row, and the checkpoint of what ``checkpoint()`` returns."""
+    guard(step, run, {k: v for k, v in metrics.items() if k.endswith("loss")}, params, hint)
     last = config.iterations
     if due(step, config.eval_every, last):
         metrics.update(evaluate())
@@ -172,7 +170,6 @@ def end_step(
     if run is not None and due(step, config.checkpoint_every, last):
         tensors, state = checkpoint()
         run.save(step, tensors, state)
-    return metrics
 
 
 def final(metrics: Metrics, evaluate: Callable[[], Mapping[str, float]]) -> Metrics:

@@ -379,6 +379,7 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
 
     t0 = time.perf_counter()
     metrics: dict[str, float] = {}
+    hint = f"Lower inner_lr (now {config.step_size}) or outer_lr / reptile_epsilon."
     with loop.progress(run, config, start, "train/loss"):
         for it in range(start, config.iterations):
             support, query = shard.take(task.sample(config.meta_batch_size))  # ours kept
@@ -415,15 +416,7 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
                     torch.cat([v.detach().flatten() for v in lrs.values()]).mean()
                 )
             loop.end_step(
-                run,
-                config,
-                step,
-                metrics,
-                loss={key: train_loss},
-                params=expected.values(),
-                evaluate=evaluation,
-                checkpoint=checkpoint,
-                hint=f"Lower inner_lr (now {config.step_size}) or outer_lr / reptile_epsilon.",
+                run, config, step, metrics, expected.values(), evaluation, checkpoint, hint
             )
 
     final = loop.final(metrics, evaluation)

@@ -949,15 +949,5 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                 metrics["inner_lr_mean"] = float(
                     torch.cat([v.detach().reshape(-1) for v in learner.lrs.values()]).mean()
                 )
-            loop.end_step(
-                run,
-                cfg,
-                step,
-                metrics,
-                loss=loss_v,
-                params=learner.outer_params().values(),
-                evaluate=setup.evaluate,
-                checkpoint=checkpoint,
-                hint=HINT,
-            )
+            loop.end_step(run, cfg, step, metrics, outer.values(), setup.evaluate, checkpoint, HINT)
     return loop.final(metrics, setup.evaluate)

@@ -132,6 +132,7 @@ def train_oracle_pointnav(config: OracleNavConfig, run: Any = None) -> dict[str,
 
     metrics: dict[str, float] = {}
     discounts = config.discount ** torch.arange(config.horizon, device=device, dtype=torch.float)
+    hint = f"Lower lr (now {config.lr})."
     with loop.progress(run, config, start, "return"):
         for it in range(start, config.iterations):
             step = it + 1
@@ -154,14 +155,6 @@ def train_oracle_pointnav(config: OracleNavConfig, run: Any = None) -> dict[str,
 
             metrics = {"return": rewards.sum(0).mean().item(), "loss": loss.item()}
             loop.end_step(
-                run,
-                config,
-                step,
-                metrics,
-                loss=metrics["loss"],
-                params=policy.parameters(),
-                evaluate=evaluation,
-                checkpoint=checkpoint,
-                hint=f"Lower lr (now {config.lr}).",
+                run, config, step, metrics, policy.parameters(), evaluation, checkpoint, hint
             )
     return loop.final(metrics, evaluation)

@@ -80,6 +80,7 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
     dist.broadcast_(theta.values())
 
     metrics: dict[str, float] = {}
+    hint = f"Lower outer_lr (now {cfg.outer_lr}) or inner_lr (now {cfg.inner_lr})."
     with loop.progress(run, cfg, start, "return_last"):
         for it in range(start, cfg.iterations):
             step = it + 1
@@ -128,15 +129,5 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
                 "env_steps": float(env_steps),
                 "steps_per_second": env_steps / seconds,
             }
-            loop.end_step(
-                run,
-                cfg,
-                step,
-                metrics,
-                loss={"direction_norm": step_norm},
-                params=theta.values(),
-                evaluate=setup.evaluate,
-                checkpoint=checkpoint,
-                hint=f"Lower outer_lr (now {cfg.outer_lr}) or inner_lr (now {cfg.inner_lr}).",
-            )
+            loop.end_step(run, cfg, step, metrics, theta.values(), setup.evaluate, checkpoint, hint)
     return loop.final(metrics, setup.evaluate)

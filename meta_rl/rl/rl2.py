@@ -424,6 +424,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
     dist.broadcast_(policy.state_dict().values())
     num_rows = shard.total * config.envs_per_task  # rows of the whole batch (all ranks)
     mb_size = num_rows // config.minibatches
+    hint = f"Lower lr (now {config.lr}) or max_grad_norm, or change the seed."
     with loop.progress(run, config, start, "return"):
         for it in range(start, config.iterations):
             step = it + 1
@@ -501,15 +502,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
             metrics.update(dist.weighted_sum({"return": metrics["return"]}, shard.weight))
             metrics.update(dist.weighted_sum(vars(info), float(share)))  # the last minibatch's
             loop.end_step(
-                run,
-                config,
-                step,
-                metrics,
-                loss={"policy_loss": metrics["policy_loss"], "value_loss": metrics["value_loss"]},
-                params=policy.parameters(),
-                evaluate=evaluation,
-                checkpoint=checkpoint,
-                hint=f"Lower lr (now {config.lr}) or max_grad_norm, or change the seed.",
+                run, config, step, metrics, policy.parameters(), evaluation, checkpoint, hint
             )
 
     # ---- final evaluation beside the references ------------------------------------------
