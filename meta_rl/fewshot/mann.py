@@ -49,7 +49,7 @@ __all__ = [
     "MANN",
     "MANNConfig",
     "accuracy_by_instance",
-    "evaluate",
+    "evaluate_sequences",
     "image_features",
     "previous_labels",
     "train",
@@ -206,7 +206,7 @@ class MANN(nn.Module):
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_sequences(
     model: MANN,
     sampler: EpisodeSampler,
     input_size: int,
@@ -318,7 +318,9 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
             np.random.default_rng([config.seed, 2]),
             device=device,
         )
-        out = evaluate(model, sampler, config.input_size, config.eval_episodes, config.length)
+        out = evaluate_sequences(
+            model, sampler, config.input_size, config.eval_episodes, config.length
+        )
         return {f"test_{k}": v for k, v in out.items()}
 
     def batch_loss() -> tuple[Tensor, Callable[[], dict[str, float]]]:

@@ -56,7 +56,7 @@ __all__ = [
     "SiameseConfig",
     "SiameseNet",
     "contrastive_loss",
-    "evaluate",
+    "evaluate_accuracy",
     "glyph_splits",
     "mean_ci95",
     "prototypes",
@@ -198,7 +198,7 @@ Predictor = Callable[[Tensor, Tensor, Tensor, int], Tensor]
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_accuracy(
     predict: Predictor, sampler: EpisodeSampler, episodes: int = 600, batch: int = 10
 ) -> dict[str, float]:
     """Accuracy over ``episodes`` episodes of ``sampler``: ``accuracy`` (mean of the per-episode
@@ -466,7 +466,7 @@ def _train_episodic(
             device=device,
         )
         model.eval()
-        out = evaluate(model, sampler, config.eval_episodes)
+        out = evaluate_accuracy(model, sampler, config.eval_episodes)
         metrics = {"test_accuracy": out["accuracy"], "test_ci95": out["ci95"]}
         if extra_eval is not None:
             metrics.update(extra_eval(sampler))

@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "RL2Config",
     "Trials",
-    "evaluate",
+    "evaluate_trials",
     "make_policy",
     "make_trial_env",
     "reference_returns",
@@ -309,7 +309,7 @@ def mean_ci95(x: torch.Tensor | np.ndarray) -> dict[str, float]:
     return {"mean": float(x.mean()), "se": se, "ci95": 1.96 * se, "num": len(x)}
 
 
-def evaluate(
+def evaluate_trials(
     config: RL2Config,
     policy: RecurrentPolicy,
     env: BatchedTrialEnv,
@@ -401,7 +401,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
         return policy.state_dict(), state
 
     def evaluation() -> dict[str, float]:
-        res = evaluate(config, policy, eval_env, config.seed + 5)
+        res = evaluate_trials(config, policy, eval_env, config.seed + 5)
         return {"eval_return": res["mean"], "eval_ci95": res["ci95"]}
 
     # ---- resume --------------------------------------------------------------------------
@@ -507,7 +507,9 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
 
     # ---- final evaluation beside the references ------------------------------------------
     final = loop.final(metrics, evaluation)
-    other = evaluate(config, policy, eval_env, config.seed + 5, not config.eval_deterministic)
+    other = evaluate_trials(
+        config, policy, eval_env, config.seed + 5, not config.eval_deterministic
+    )
     tag = "sampled" if config.eval_deterministic else "mode"
     final[f"eval_return_{tag}"], final[f"eval_ci95_{tag}"] = other["mean"], other["ci95"]
     if config.references:
