@@ -275,6 +275,8 @@ def _ppo_runs(jobs: list[tuple[Any, ...]], workers: int, bar: _Progress) -> list
             out.append(ppo_from_scratch(*job))
             bar.done(f"PPO task {i + 1}/{n}")
         return out
+    import stable_baselines3  # noqa: F401  (imported once here; the forked workers inherit it)
+
     results: list[list[PPOResult] | None] = [None] * n
     bar.start(f"PPO on {n} tasks in {min(workers, n)} processes")
     with ProcessPoolExecutor(min(workers, n), mp_context=multiprocessing.get_context("fork")) as ex:
