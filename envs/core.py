@@ -435,29 +435,3 @@ class TaskFamily:
         Scalar families draw all their randomness here, mirroring ``BatchedEnv._rand``, so the
         batched twin can be fed the same numbers in the step-for-step tests."""
         return self.np_random.random(k)
-
-
-@dataclass(frozen=True)
-class TaskDistribution:
-    """A family id, its constructor kwargs and a split: a value that samples tasks."""
-
-    env_id: str
-    split: str = "train"
-    env_kwargs: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        check_split(self.split)
-
-    def make_env(self, **overrides: Any):
-        import gymnasium as gym
-        from meta_rl_envs.registry import check_id
-
-        check_id(self.env_id)
-        return gym.make(self.env_id, **{**dict(self.env_kwargs), **overrides})
-
-    def sample(self, n: int, rng: np.random.Generator | int | None) -> list[Task]:
-        env = self.make_env()
-        try:
-            return env.unwrapped.sample_tasks(n, rng, self.split)
-        finally:
-            env.close()

@@ -34,6 +34,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from meta_rl_envs import make_env
 from torch import Tensor
 
 from meta_rl import distributed
@@ -43,7 +44,7 @@ from meta_rl.core import Params, expand_params, init_metasgd_lrs, inner_update
 from meta_rl.policies import distributions as D
 from meta_rl.policies.mlp import MLPPolicy, make_mlp_policy
 from meta_rl.rl.ppo import clipped_surrogate
-from meta_rl.rl.rollout import Episodes, compute_advantages, make_env, sample_episodes
+from meta_rl.rl.rollout import Episodes, compute_advantages, sample_episodes
 from meta_rl.rl.trpo import FisherProduct, GaussNewtonKL, LossWithGrad, trpo_step
 from meta_rl.runs import RunError, due
 
