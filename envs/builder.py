@@ -16,7 +16,7 @@ rendering keep working as they are) and mixes in :class:`~meta_rl_envs.core.Task
 Example: a user family of heavier or lighter Acrobot links in a few lines::
 
     import gymnasium as gym
-    from meta_rl_envs import FamilySpec, add_family
+    from meta_rl_envs import register_family
     from meta_rl_envs.builder import make_family
 
     AcrobotFamily = make_family(
@@ -24,7 +24,7 @@ Example: a user family of heavier or lighter Acrobot links in a few lines::
         {"LINK_MASS_1": (0.5, 2.0), "LINK_MASS_2": (0.5, 2.0)},
         ood={"LINK_MASS_1": [(2.0, 3.0)]},
     )
-    add_family(FamilySpec("MyLab/Acrobot-v0", AcrobotFamily, "Acrobot with link masses"))
+    register_family("MyLab/Acrobot-v0", AcrobotFamily, "Acrobot with link masses")
     env = gym.make("MyLab/Acrobot-v0")
     task = env.unwrapped.sample_tasks(1, rng=0, split="ood")[0]
     obs, info = env.reset(seed=0, options={"task": task})
