@@ -114,3 +114,10 @@ def test_the_adapter_records_success_per_task():
     env.reset(seed=0)
     assert env.task_success() is None  # cleared by reset
     env.close()
+
+
+def test_cli_rollout_runs_a_family_without_a_twin():
+    from meta_rl.cli import random_rollout
+
+    out = random_rollout("MetaRL/Pendulum-v0", 2, 1, 250, seed=0, device="cpu")
+    assert len(out["tasks"]) == 2 and all(t["complete"] for t in out["tasks"])
