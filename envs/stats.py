@@ -31,8 +31,9 @@ class Estimate:
 
     @property
     def ci95(self) -> float:
-        """Half-width of the normal 95% confidence interval of the mean."""
-        return 1.96 * self.se
+        """Half-width of the normal 95% confidence interval of the mean (``se`` itself when it
+        is NaN, so results holding one compare equal across runs, as ``math.nan`` does)."""
+        return 1.96 * self.se if not math.isnan(self.se) else self.se
 
     @classmethod
     def exact_value(cls, value: float) -> Estimate:
