@@ -22,12 +22,11 @@ Baselines on the same tasks and seeds:
   ``ppo_workers`` processes (default: one per available core); each run is seeded and uses one
   torch thread, so the numbers are the same as in one process. PPO acts as the agent does
   (sampled actions, or both the most likely one with ``deterministic=True``);
-- ``reference``: the analytic solvers shipped in :mod:`meta_rl_envs.references` where the family
-  has them (navigation: the straight-to-goal oracle and standing still; bandits: Bayes-optimal
-  by dynamic programming, Thompson sampling, random; tabular MDPs: PSRL, greedy, the per-MDP
-  optimum, random). They are computed on the same tasks (the same task-space draws from ``seed``);
-  one that cannot be computed here (e.g. the exact bandit DP with many arms) is skipped with a
-  note in the report.
+- ``reference``: the family's reference solvers (its ``FamilySpec.references``, the same ones
+  RL^2 reports; e.g. navigation: the straight-to-goal oracle and standing still; bandits:
+  Bayes-optimal by dynamic programming, Thompson sampling, UCB1, greedy, random). They are
+  computed on the same tasks (the same task-space draws from ``seed``); one that cannot be
+  computed here (e.g. the exact bandit DP with 50 arms) is skipped with a note in the report.
 
 When the env's ``info`` carries ``success`` (e.g. Meta-World), the success rate of each point
 is reported too (gradient agents: after each inner step; memory agents: in each episode of the
@@ -40,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import logging
-import math
 import multiprocessing
 import os
 import random
@@ -55,6 +53,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from meta_rl_envs import make_env
+from meta_rl_envs.registry import check_id
 
 from meta_rl.agent import Agent, GradientAgent, MemoryAgent, load
 from meta_rl.config import ConfigError
@@ -70,7 +70,7 @@ from meta_rl.report import (
     write_outputs,
 )
 from meta_rl.rl.maml import adaptation_curve
-from meta_rl.rl.rollout import VectorTaskEnv, sample_episodes
+from meta_rl.rl.rollout import sample_episodes
 
 log = logging.getLogger(__name__)
 
@@ -88,58 +88,6 @@ __all__ = [
 BASELINES = ("none", "ppo", "reference")
 PPO_MULTIPLIERS = (1.0, 10.0)
 """PPO budgets, as multiples of the adaptation's env steps (``(1, 10, 100)`` adds the 100x one)"""
-
-
-def mean_ci95(x: Any) -> dict[str, float]:
-    """Mean, standard error and 95% confidence half-width (normal approximation) over tasks."""
-    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
-    return {"mean": float(x.mean()), "se": se, "ci95": 1.96 * se, "num": int(len(x))}
-
-
-# --------------------------------------------------------------------------------------------
-# Success rates from Gymnasium envs whose info carries "success"
-# --------------------------------------------------------------------------------------------
-class SuccessVectorTaskEnv(VectorTaskEnv):
-    """:class:`~meta_rl.rl.rollout.VectorTaskEnv` that records, per row, whether the row's first
-    episode since ``reset`` reported a true ``info["success"]`` at any step."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._clear()
-
-    def _clear(self) -> None:
-        self._seen = False
-        self._success = np.zeros(self.num_envs, dtype=bool)
-        self._alive = np.ones(self.num_envs, dtype=bool)
-
-    def reset(self, seed: int | None = None):
-        out = super().reset(seed)
-        self._clear()
-        return out
-
-    def step(self, action: torch.Tensor):
-        obs, reward, terminated, truncated, info = super().step(action)
-        if "success" in info:
-            self._seen = True
-            self._success |= info["success"].cpu().numpy() & self._alive
-        self._alive &= ~(terminated | truncated).cpu().numpy()
-        return obs, reward, terminated, truncated, info
-
-    def task_success(self) -> np.ndarray | None:
-        """[T] success rate of each task's episodes since the last reset (None: no info key)."""
-        if not self._seen:
-            return None
-        return self._success.reshape(self.num_tasks, self.envs_per_task).mean(1)
-
-
-def _make_task_env(env_id: str, num_tasks: int, envs_per_task: int, device: str, **kw: Any):
-    """The family's batched env when it has one, else a success-recording vector env."""
-    from meta_rl_envs.registry import check_id, make_batched
-
-    if check_id(env_id).batched is not None:
-        return make_batched(env_id, num_tasks, envs_per_task, device=device, **kw)
-    return SuccessVectorTaskEnv(env_id, num_tasks, envs_per_task, device=device, **kw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,47 +240,18 @@ def _ppo_runs(jobs: list[tuple[Any, ...]], workers: int, bar: _Progress) -> list
 # --------------------------------------------------------------------------------------------
 def family_references(
     env_id: str, env_kwargs: dict[str, Any], num_tasks: int, seed: int, split: str, episodes: int
-) -> dict[str, dict[str, Any]]:
-    """The shipped reference solvers of the family on the evaluated tasks (the same
-    ``task_space.sample(num_tasks, default_rng(seed), split)`` draws), as the mean return of one
-    episode (``per_episode``) and of ``episodes`` episodes (``mean``, ``ci95``). ``{}`` for
-    families without references."""
-    from meta_rl_envs import references as R
-
-    out: dict[str, dict[str, Any]] = {}
-
-    def put(name: str, est: Any, per_trial: bool, exact: bool = False) -> None:
-        mean = float(est.mean if isinstance(est, R.Estimate) else est)
-        se = float(est.se) if isinstance(est, R.Estimate) else 0.0
-        if not per_trial:  # a per-episode estimate: a trial of n episodes scores n times it
-            mean, se = mean * episodes, se * episodes
-        out[name] = {
-            "mean": mean,
-            "se": se,
-            "ci95": 1.96 * se,
-            "per_episode": mean / episodes,
-            "episodes": episodes,
-            "exact": exact,
-        }
-
-    kw = dict(env_kwargs)
-    if env_id == "MetaRL/PointNav-v0":
-        nav = {k: kw[k] for k in ("horizon", "max_step", "goal_radius") if k in kw}
-        for name in R.NAV_POLICIES:
-            put(name, R.navigation_return(name, num_tasks, seed, split=split, **nav), False)
-    elif env_id == "MetaRL/Bandit-v0":
-        k = int(kw.get("k", 5))
-        if episodes <= 20 and split != "ood":
-            put("bayes_optimal", R.bandit_bayes_optimal(episodes, k), True, exact=True)
-        for name in ("thompson", "random"):
-            put(name, R.bandit_policy(name, episodes, k, num_tasks, seed, split), True)
-    elif env_id == "MetaRL/TabularMDP-v0":
-        sizes = {key: kw[key] for key in ("num_states", "num_actions", "horizon") if key in kw}
-        put("psrl", R.tabular_psrl(episodes, num_tasks, seed, split=split, **sizes), True)
-        put("greedy", R.tabular_greedy(episodes, num_tasks, seed, split=split, **sizes), True)
-        put("oracle", R.tabular_oracle(episodes, num_tasks, seed, split=split, **sizes), True)
-        put("random", R.tabular_random(episodes, sizes.get("horizon", 10)), True, exact=True)
-    return out
+) -> tuple[list[Reference], dict[str, str]]:
+    """The family's reference solvers (its ``FamilySpec.references``) on the evaluated tasks (the
+    same ``task_space.sample(num_tasks, default_rng(seed), split)`` draws), as the mean return of
+    a trial of ``episodes`` episodes; and the references that could not be computed here, with
+    the reason (also logged). Nothing for families without references."""
+    refs = check_id(env_id).compute_references(episodes, num_tasks, seed, split, env_kwargs)
+    for name, why in refs.skipped.items():
+        log.warning("reference %s not computed: %s", name, why)
+    values = [
+        Reference(name, est.mean, est.se, episodes, est.exact) for name, est in refs.values.items()
+    ]
+    return values, dict(refs.skipped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,7 +343,7 @@ def _gradient_adaptation(
     cfg = agent.config
     k = int(budget if budget is not None else cfg.eval_inner_steps)
     per_step = int(episodes or cfg.eval_episodes)
-    env = _make_task_env(family, num_tasks, per_step, str(agent.device), **kwargs)
+    env = make_env(family, num_tasks, per_step, str(agent.device), **kwargs)
     agent.check_env(env, f"family {family!r}")
     tasks = env.sample_tasks(num_tasks, np.random.default_rng(seed), split)
     success: list[Any] = []
@@ -442,7 +361,7 @@ def _gradient_adaptation(
                 deterministic=True,
             )
             measured.append(ep.task_returns())
-        success.append(env.task_success() if hasattr(env, "task_success") else None)
+        success.append(env.task_success())
 
     curve = adaptation_curve(agent.learner, env, tasks, k, seed, after_sampling=record)
     returns = torch.stack(measured) if deterministic else curve.returns
@@ -537,25 +456,6 @@ def _ppo_baseline(
     return Series("ppo", "SB3 PPO from scratch", "baseline", "env steps", tuple(points), note)
 
 
-def _references(
-    family: str, kwargs: dict[str, Any], num_tasks: int, seed: int, split: str, episodes: int
-) -> tuple[list[Reference], dict[str, str]]:
-    """The family's references on the evaluated tasks, and those that could not be computed
-    here (name -> reason)."""
-    from meta_rl_envs import TaskError
-
-    try:
-        refs = family_references(family, kwargs, num_tasks, seed, split, episodes)
-    except TaskError as err:  # e.g. too many bandit arms for the exact DP
-        log.warning("references of %s not computed: %s", family, err)
-        return [], {"references": str(err)}
-    values = [
-        Reference(name, r["mean"], r["se"], int(r["episodes"]), bool(r["exact"]))
-        for name, r in refs.items()
-    ]
-    return values, {}
-
-
 def evaluate_run(
     run_or_path: str | Path | Agent | Any,
     split: str = "test",
@@ -630,7 +530,9 @@ def evaluate_run(
         if "reference" in baselines:
             bar.start("references")
             ref_episodes = len(curve.points) if isinstance(agent, MemoryAgent) else 1
-            references, skipped = _references(family, kwargs, tasks, seed, split, ref_episodes)
+            references, skipped = family_references(
+                family, kwargs, tasks, seed, split, ref_episodes
+            )
             bar.done("references")
     report = Report(
         run=str(agent.path),

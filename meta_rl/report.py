@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from meta_rl_envs.stats import Estimate, mean_ci95
 
 from meta_rl.checkpoint import atomic_write
 
@@ -30,7 +31,6 @@ __all__ = [
     "Reference",
     "Report",
     "Series",
-    "Stat",
     "markdown_table",
     "plot_report",
     "write_outputs",
@@ -40,29 +40,6 @@ REPORT_FORMAT = "meta-rl-evaluation"
 REPORT_VERSION = 2
 REPORT_FILE = "report.json"
 PLOT_FILE = "adaptation.png"
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean, standard error and 95% confidence half-width (normal approximation) over ``num``
-    values (``se`` is NaN for a single value)."""
-
-    mean: float
-    se: float
-    num: int
-
-    @property
-    def ci95(self) -> float:
-        return 1.96 * self.se
-
-    @classmethod
-    def of(cls, values: Sequence[float] | np.ndarray) -> Stat:
-        x = np.asarray(values, dtype=np.float64).reshape(-1)
-        se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else math.nan
-        return cls(float(x.mean()) if len(x) else math.nan, se, int(len(x)))
-
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "se": self.se, "ci95": self.ci95, "num": self.num}
 
 
 @dataclass(frozen=True)
@@ -76,7 +53,7 @@ class Point:
     per_task: tuple[float, ...]
     success_per_task: tuple[float, ...] | None = None
     """the success rate of each task, when the env's info carries ``success``"""
-    gain: Stat | None = None
+    gain: Estimate | None = None
     """paired over the same tasks: this point minus the curve's first point"""
     multiplier: float | None = None
     """PPO: the target as a multiple of the adaptation budget"""
@@ -84,8 +61,9 @@ class Point:
     """PPO: the env steps each task's run actually trained (whole rollouts)"""
 
     @property
-    def stat(self) -> Stat:
-        return Stat.of(self.per_task)
+    def stat(self) -> Estimate:
+        """Mean and 95% CI over the tasks."""
+        return mean_ci95(self.per_task)
 
     @property
     def mean(self) -> float:
@@ -122,7 +100,7 @@ class Point:
             env_steps=float(d["env_steps"]),
             per_task=tuple(float(v) for v in d["per_task"]),
             success_per_task=_floats(d.get("success_per_task")),
-            gain=Stat(gain["mean"], gain["se"], gain["num"]) if gain else None,
+            gain=Estimate(gain["mean"], gain["se"], gain["num"]) if gain else None,
             multiplier=d.get("multiplier"),
             env_steps_trained=_ints(d.get("env_steps_trained")),
         )
@@ -141,7 +119,7 @@ def with_gains(points: Sequence[Point]) -> list[Point]:
     difficulty cancels in the difference)."""
     first = np.asarray(points[0].per_task)
     return [points[0]] + [
-        replace(p, gain=Stat.of(np.asarray(p.per_task) - first)) for p in points[1:]
+        replace(p, gain=mean_ci95(np.asarray(p.per_task) - first)) for p in points[1:]
     ]
 
 

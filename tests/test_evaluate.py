@@ -181,9 +181,8 @@ def test_family_builder_env_not_trained_on_with_success_rate(grad_run):
 def test_trial_env_passes_success_per_step():
     """A trial over a Gymnasium family reports info["success"] per row and step (and False for
     rows that have finished their trial)."""
+    from meta_rl_envs.vector import VectorTaskEnv
     from meta_rl_envs.wrappers import BatchedTrialEnv
-
-    from meta_rl.rl.rollout import VectorTaskEnv
 
     env = BatchedTrialEnv(VectorTaskEnv("MetaRLTest/Reach-v0", 2, 1), 2)
     near, far = (env.task_space.validate({"goal_x": g, "goal_y": g}) for g in (0.05, 0.45))
@@ -239,7 +238,8 @@ def test_memory_agent_episode_curve_and_bandit_references(mem_run):
     refs = {r.name: r for r in report.references}
     assert refs["bayes_optimal"].mean == pytest.approx(6.66, abs=0.01)  # exact DP, n=10
     assert refs["bayes_optimal"].per_episode == pytest.approx(0.666, abs=0.001)
-    assert {"bayes_optimal", "thompson", "random"} <= set(refs)
+    # the family's references, the same set RL^2's final metrics report
+    assert set(refs) == {"bayes_optimal", "thompson", "ucb1", "greedy", "random"}
     ppo = report.series[-1]
     assert ppo.name == "ppo" and ppo.points[0].budget == 9
     assert "Trial total (10 episodes)" in markdown_table(report)
@@ -336,8 +336,9 @@ def test_many_armed_bandit_skips_the_reference_it_cannot_compute(tmp_path, capsy
     final = json.loads((run / "final.json").read_text())
     assert "eval_return" in final and "ref_thompson" in final and "ref_bayes_optimal" not in final
     report = evaluate_run(run, tasks=3, baselines=("none", "reference"))
-    assert report.skipped_references and "bayes_optimal" not in {r.name for r in report.references}
-    assert any("DP" in why for why in report.skipped_references.values())
+    assert list(report.skipped_references) == ["bayes_optimal"]
+    assert "too large for the exact bandit DP" in report.skipped_references["bayes_optimal"]
+    assert {r.name for r in report.references} == {"thompson", "ucb1", "greedy", "random"}
     table = markdown_table(report)
     assert "not computed" in table and "DP" in table
     code = main(["evaluate", str(run), "--tasks", "3", "--baselines", "reference", "--out",
