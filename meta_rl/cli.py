@@ -523,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--ppo-workers",
         type=_positive,
         default=None,
-        help="processes for the per-task PPO runs (default: one per available core)",
+        help="processes for the per-task PPO runs (default: every task at once, up to "
+        "max(cores, 8))",
     )
     p.add_argument(
         "--deterministic",

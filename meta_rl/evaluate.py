@@ -19,8 +19,9 @@ Baselines on the same tasks and seeds:
   ``episodes`` episodes. One PPO run per task is evaluated at each budget in turn (its learning
   rate is constant, so this equals separate runs up to whole PPO rollouts; the report gives the
   env steps each point actually trained). The tasks' runs are independent and go to
-  ``ppo_workers`` processes (default: one per available core); each run is seeded and uses one
-  torch thread, so the numbers are the same as in one process. PPO acts as the agent does
+  ``ppo_workers`` processes (default: all of them at once, up to ``max(cores, 8)``, so that no
+  core idles while the last runs finish); each run is seeded and uses one torch thread, so the
+  numbers are the same as in one process. PPO acts as the agent does
   (sampled actions, or both the most likely one with ``deterministic=True``);
 - ``reference``: the family's reference solvers (its ``FamilySpec.references``, the same ones
   RL^2 reports; e.g. navigation: the straight-to-goal oracle and standing still; bandits:
@@ -210,6 +211,14 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def default_ppo_workers(jobs: int) -> int:
+    """Processes for ``jobs`` equal PPO runs: all at once (at most ``max(cores, 8)``), the OS
+    sharing the cores between them, so 3 runs on 2 cores take the time of 1.5 runs, not 2. On
+    one core: 1 (the runs go one after the other in this process)."""
+    cores = available_cores()
+    return 1 if cores == 1 else max(1, min(jobs, max(cores, 8)))
+
+
 def _ppo_runs(jobs: list[tuple[Any, ...]], workers: int, bar: _Progress) -> list[list[PPOResult]]:
     """``ppo_from_scratch(*job)`` for every job, in ``workers`` processes (forked, so a family
     registered at run time is known there; in this process where fork is not the platform's
@@ -226,7 +235,7 @@ def _ppo_runs(jobs: list[tuple[Any, ...]], workers: int, bar: _Progress) -> list
     import stable_baselines3  # noqa: F401  (imported once here; the forked workers inherit it)
 
     results: list[list[PPOResult] | None] = [None] * n
-    bar.start(f"PPO on {n} tasks in {min(workers, n)} processes")
+    bar.start(f"PPO on {n} tasks in {min(workers, n)} processes ({available_cores()} cores)")
     with ProcessPoolExecutor(min(workers, n), mp_context=multiprocessing.get_context("fork")) as ex:
         futures = {ex.submit(_ppo_job, job): i for i, job in enumerate(jobs)}
         for fut in as_completed(futures):
@@ -485,7 +494,8 @@ def evaluate_run(
     (INFO). ``deterministic``: measure the returns with the policy's most likely action
     (adaptation itself always samples, as in training); default: sampled actions, the MAML /
     RL^2 papers' protocol. ``ppo_deterministic`` (default: ``deterministic``): the same for
-    PPO. ``ppo_workers``: processes for the per-task PPO runs (default: the available cores).
+    PPO. ``ppo_workers``: processes for the per-task PPO runs (default:
+    :func:`default_ppo_workers`).
     ``num_threads``: torch CPU threads while evaluating (restored afterwards; 0: leave torch's
     setting)."""
     _check_args(split, tasks, budget, baselines, ppo_multipliers, ppo_workers)
@@ -510,7 +520,7 @@ def evaluate_run(
             series.append(_no_adaptation(curve))
         budget_steps = curve.points[-1].env_steps  # experience before the last point
         if "ppo" in baselines:
-            workers = ppo_workers or available_cores()
+            workers = ppo_workers or default_ppo_workers(tasks)
             series.append(
                 _ppo_baseline(
                     family,
