@@ -1,13 +1,10 @@
-"""The preset table: a name -> (trainer, config class, overrides, summary).
+"""The preset table: a name -> (trainer, config class, overrides, summary, data-parallel).
 
-Trainers and config classes are ``"module:name"`` strings imported only when a preset is used,
-so a preset whose module is missing or broken fails with a clear message when it is asked for
-while ``meta-rl presets`` still lists every preset. A trainer is ``train(config, run) -> dict``
-(the final metrics); see :mod:`meta_rl.runs` for the step convention.
-
-This module also holds one small trainer of its own, ``oracle-pointnav``: REINFORCE on the
-batched 2D navigation family with the goal in the observation (a task-aware upper baseline, no
-meta-learning). It is the end-to-end check of the run machinery: checkpoints, resume, metrics.
+A preset holds its trainer function and its config class themselves (every trainer module
+imports with the core dependencies; the MuJoCo / Meta-World presets need their extra only when
+their env is made). A trainer is ``train(config, run) -> dict`` (the final metrics); see
+:mod:`meta_rl.runs` for the step convention. Run folders record the trainer and the config
+class by their stable ``"module:name"`` (:attr:`Preset.trainer`, ``runs.class_path``).
 """
 
 from __future__ import annotations
@@ -18,53 +15,46 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
-
-from meta_rl.checkpoint import rng_state, set_rng_state
-from meta_rl.config import BaseConfig, ConfigError, apply_overrides, bounds
+from meta_rl.config import BaseConfig, ConfigError, apply_overrides
+from meta_rl.fewshot import gradient, mann, metric
+from meta_rl.rl import maml, oracle, reptile, rl2
 
 log = logging.getLogger(__name__)
 
+Trainer = Callable[..., Mapping[str, Any]]
+"""``train(config, run) -> final metrics`` (``run``: a :class:`meta_rl.runs.Run` or ``None``)"""
+
 
 class PresetError(ValueError):
-    """An unknown preset, or one whose trainer/config cannot be imported or built."""
+    """An unknown preset, or one whose config cannot be built."""
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    trainer: str
-    """"module:function" of ``train(config, run) -> dict``"""
-    config: str
-    """"module:Class" of the config dataclass (a BaseConfig)"""
+    train: Trainer
+    """the trainer, ``train(config, run) -> dict``"""
+    config: type[BaseConfig]
+    """the config dataclass (a BaseConfig)"""
     overrides: Mapping[str, Any] = field(default_factory=dict)
     """config values that make this preset (applied over the class defaults)"""
     summary: str = ""
+    data_parallel: bool = False
+    """the trainer shards its meta-batch over torchrun's ranks (:mod:`meta_rl.launch` refuses
+    the others: their ranks would only repeat rank 0's work)"""
 
-    def _import(self, what: str, path: str) -> Any:
-        import importlib
-
-        module, sep, name = path.partition(":")
-        try:
-            return getattr(importlib.import_module(module), name)
-        except Exception as err:  # a missing module, or one that fails while importing
-            raise PresetError(
-                f"preset {self.name!r} cannot be used: its {what} {path!r} failed to import "
-                f"({type(err).__name__}: {err})"
-            ) from err
+    @property
+    def trainer(self) -> str:
+        """The trainer's stable name, ``"module:function"`` (recorded in run folders)."""
+        return f"{self.train.__module__}:{self.train.__qualname__}"
 
     def config_class(self) -> type[BaseConfig]:
-        cls = self._import("config class", self.config)
-        if not (isinstance(cls, type) and issubclass(cls, BaseConfig)):
-            raise PresetError(f"preset {self.name!r}: {self.config!r} is not a BaseConfig class")
-        return cls
+        """:attr:`config` (kept for callers written against the string table)."""
+        return self.config
 
-    def load_trainer(self) -> Callable[..., Mapping[str, Any]]:
-        fn = self._import("trainer", self.trainer)
-        if not callable(fn):
-            raise PresetError(f"preset {self.name!r}: trainer {self.trainer!r} is not callable")
-        return fn
+    def load_trainer(self) -> Trainer:
+        """:attr:`train` (kept for callers written against the string table)."""
+        return self.train
 
     def make_config(
         self,
@@ -73,11 +63,13 @@ class Preset:
     ) -> BaseConfig:
         """Class defaults, then the preset's overrides, then ``values`` (e.g. from YAML; dotted
         keys allowed), then ``key=value`` strings from the command line."""
-        cls = self.config_class()
+        cls = self.config
         try:
             base = apply_overrides(cls(), dict(self.overrides))
         except ConfigError as err:
-            raise PresetError(f"preset {self.name!r} does not fit {self.config}: {err}") from err
+            raise PresetError(
+                f"preset {self.name!r} does not fit {cls.__module__}:{cls.__qualname__}: {err}"
+            ) from err
         config = apply_overrides(base, dict(values or {}))
         return apply_overrides(config, list(overrides))
 
@@ -85,19 +77,20 @@ class Preset:
 def _grad(name: str, algorithm: str, task: str, summary: str) -> Preset:
     return Preset(
         name,
-        "meta_rl.fewshot.gradient:train",
-        "meta_rl.fewshot.gradient:GradientFewShotConfig",
+        gradient.train,
+        gradient.GradientFewShotConfig,
         {"algorithm": algorithm, "task": task},
         summary,
+        data_parallel=True,
     )
 
 
 def _rl2(name: str, overrides: dict[str, Any], summary: str) -> Preset:
-    return Preset(name, "meta_rl.rl.rl2:train", "meta_rl.rl.rl2:RL2Config", overrides, summary)
+    return Preset(name, rl2.train, rl2.RL2Config, overrides, summary, data_parallel=True)
 
 
 def _maml(name: str, overrides: dict[str, Any], summary: str) -> Preset:
-    return Preset(name, "meta_rl.rl.maml:train", "meta_rl.rl.maml:MAMLConfig", overrides, summary)
+    return Preset(name, maml.train, maml.MAMLConfig, overrides, summary, data_parallel=True)
 
 
 _CARTPOLE_MAML = {
@@ -190,29 +183,32 @@ PRESETS: dict[str, Preset] = {
         _grad("reptile-glyphs", "reptile", "glyphs", "Reptile, few-shot classification of glyphs"),
         Preset(
             "protonet-glyphs",
-            "meta_rl.fewshot.metric:train_protonet",
-            "meta_rl.fewshot.metric:ProtoNetConfig",
+            metric.train_protonet,
+            metric.ProtoNetConfig,
             {},
             "Prototypical networks, few-shot classification of glyphs",
+            data_parallel=True,  # splits the meta_batch of episodes (or one episode's images)
         ),
         Preset(
             "siamese-glyphs",
-            "meta_rl.fewshot.metric:train_siamese",
-            "meta_rl.fewshot.metric:SiameseConfig",
+            metric.train_siamese,
+            metric.SiameseConfig,
             {},
             "Siamese network (verification), one-shot glyph classification",
+            data_parallel=True,
         ),
         Preset(
             "mann-glyphs",
-            "meta_rl.fewshot.mann:train",
-            "meta_rl.fewshot.mann:MANNConfig",
+            mann.train,
+            mann.MANNConfig,
             {},
             "Memory-augmented network (MANN), episodic glyph classification",
+            data_parallel=True,  # splits the batch_size sequences
         ),
         Preset(
             "oracle-pointnav",
-            "meta_rl.presets:train_oracle_pointnav",
-            "meta_rl.presets:OracleNavConfig",
+            oracle.train_oracle_pointnav,
+            oracle.OracleNavConfig,
             {},
             "REINFORCE on batched PointNav seeing the goal (task-aware baseline; infra check)",
         ),
@@ -244,10 +240,11 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "reptile-pointnav",
-            "meta_rl.rl.reptile:train",
-            "meta_rl.rl.reptile:ReptileConfig",
+            reptile.train,
+            reptile.ReptileConfig,
             {},
             "Reptile with policy-gradient inner steps, PointNav",
+            data_parallel=True,
         ),
         _rl2(
             "rl2-bandits",
@@ -413,150 +410,3 @@ def get_preset(name: str) -> Preset:
     close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise PresetError(f"unknown preset {name!r}{hint} (presets: {', '.join(sorted(PRESETS))})")
-
-
-# --------------------------------------------------------------------------------------------
-# oracle-pointnav: a tiny real trainer (REINFORCE, goal-conditioned linear Gaussian policy)
-# --------------------------------------------------------------------------------------------
-@dataclass
-class OracleNavConfig(BaseConfig):
-    """REINFORCE on ``MetaRL/PointNav-v0`` with the goal appended to the observation."""
-
-    iterations: int = field(default=40, metadata=bounds(ge=1))
-    """policy-gradient updates (one batch of episodes each)"""
-    checkpoint_every: int = field(default=10, metadata=bounds(ge=0))
-    """save a checkpoint every this many iterations (0: only at the end)"""
-    eval_every: int = field(default=10, metadata=bounds(ge=0))
-    """evaluate the mean action on test-split goals every this many iterations (0: at the end)"""
-    tasks_per_iteration: int = field(default=8, metadata=bounds(ge=1))
-    """goals sampled per iteration (train split)"""
-    envs_per_task: int = field(default=4, metadata=bounds(ge=1))
-    """episodes per goal per iteration"""
-    horizon: int = field(default=100, metadata=bounds(ge=1))
-    """episode length"""
-    lr: float = field(default=0.03, metadata=bounds(gt=0))
-    """Adam learning rate"""
-    init_log_std: float = -3.0
-    """initial log standard deviation of the Gaussian actions"""
-    discount: float = field(default=0.99, metadata=bounds(ge=0, le=1))
-    """discount of the reward-to-go"""
-    eval_tasks: int = field(default=16, metadata=bounds(ge=1))
-    """test-split goals used by evaluation (fixed by the seed)"""
-
-
-class GoalPolicy(torch.nn.Module):
-    """Gaussian policy: mean ``max_step * tanh(W [position, goal] / max_step + b)``."""
-
-    def __init__(self, init_log_std: float, max_step: float, generator: torch.Generator) -> None:
-        super().__init__()
-        self.max_step = max_step
-        self.mean = torch.nn.Linear(4, 2)
-        with torch.no_grad():  # explicit generator: no global RNG in the initialisation
-            self.mean.weight.copy_((torch.rand(2, 4, generator=generator) * 2 - 1) * 0.1)
-            self.mean.bias.zero_()
-        self.log_std = torch.nn.Parameter(torch.full((2,), float(init_log_std)))
-
-    def forward(self, obs: torch.Tensor) -> torch.distributions.Normal:
-        mean = self.max_step * torch.tanh(self.mean(obs / self.max_step))
-        return torch.distributions.Normal(mean, self.log_std.exp())
-
-
-def _episode(env, policy, goals, generator, horizon, sample: bool):
-    """One episode on every row; returns (log-probs [T, N], rewards [T, N], alive [T, N])."""
-    obs, _ = env.reset()
-    logps, rewards, alive = [], [], []
-    running = torch.ones(env.num_envs, dtype=torch.bool, device=env.device)
-    for _ in range(horizon):
-        dist = policy(torch.cat([obs, goals], dim=-1))
-        if sample:
-            noise = torch.randn(dist.loc.shape, generator=generator, device=env.device)
-            action = (dist.loc + dist.scale * noise).detach()
-        else:
-            action = dist.loc.detach()
-        logps.append(dist.log_prob(action).sum(-1))
-        obs, reward, terminated, truncated, _ = env.step(action)
-        rewards.append(reward)
-        alive.append(running.clone())
-        running = running & ~(terminated | truncated)
-    return torch.stack(logps), torch.stack(rewards), torch.stack(alive).float()
-
-
-def train_oracle_pointnav(config: OracleNavConfig, run) -> dict[str, float]:
-    """REINFORCE with reward-to-go and a per-time-step mean baseline."""
-    from meta_rl_envs import make_batched
-    from meta_rl_envs.batched import resolve_device
-
-    from meta_rl.runs import due
-
-    config.apply_num_threads()
-    device = resolve_device(config.device)
-    env = make_batched(
-        "MetaRL/PointNav-v0",
-        config.tasks_per_iteration,
-        config.envs_per_task,
-        device=str(device),
-        horizon=config.horizon,
-    )
-    eval_env = make_batched(
-        "MetaRL/PointNav-v0", config.eval_tasks, 1, device=str(device), horizon=config.horizon
-    )
-    task_rng = np.random.default_rng(config.seed)
-    action_gen = torch.Generator(device=device).manual_seed(config.seed)
-    init_gen = torch.Generator().manual_seed(config.seed + 1)
-    policy = GoalPolicy(config.init_log_std, env.max_step, init_gen).to(device)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    eval_env.set_tasks(eval_env.sample_tasks(config.eval_tasks, config.seed + 2, "test"))
-    eval_goals = eval_env.goal
-
-    # ---- resume ------------------------------------------------------------------------
-    start = 0
-    ck = run.load_last(device)
-    if ck is not None:
-        policy.load_state_dict(ck.tensors)
-        optimizer.load_state_dict(ck.state["optimizer"])
-        set_rng_state(task_rng, ck.state["task_rng"])
-        set_rng_state(action_gen, ck.state["action_rng"])
-        start = ck.step
-
-    def evaluate() -> float:
-        with torch.no_grad():
-            _, rewards, alive = _episode(eval_env, policy, eval_goals, None, config.horizon, False)
-        return (rewards * alive).sum(0).mean().item()
-
-    metrics: dict[str, float] = {}
-    discounts = config.discount ** torch.arange(config.horizon, device=device, dtype=torch.float)
-    with run.progress(config.iterations, start, key="return"):
-        for it in range(start, config.iterations):
-            step = it + 1
-            # ---- sample a batch of goals and one episode per row ------------------------
-            env.set_tasks(env.sample_tasks(config.tasks_per_iteration, task_rng, "train"))
-            goals = env.goal
-            logps, rewards, alive = _episode(
-                env, policy, goals, action_gen, config.horizon, sample=True
-            )
-            rewards = rewards * alive
-            # ---- REINFORCE: discounted reward-to-go minus the per-step mean ---------------
-            disc = rewards * discounts[:, None]
-            to_go = disc.flip(0).cumsum(0).flip(0) / discounts[:, None]
-            adv = to_go - to_go.mean(dim=1, keepdim=True)
-            adv = adv / (adv.std() + 1e-8)
-            loss = -(logps * adv * alive).sum() / alive.sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-            metrics = {"return": rewards.sum(0).mean().item(), "loss": loss.item()}
-            if due(step, config.eval_every, config.iterations):
-                metrics["eval_return"] = evaluate()
-            if due(step, config.log_every, config.iterations):
-                run.log(step, metrics)
-            if due(step, config.checkpoint_every, config.iterations):
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "task_rng": rng_state(task_rng),
-                    "action_rng": rng_state(action_gen),
-                }
-                run.save(step, policy.state_dict(), state)
-    if "eval_return" not in metrics:
-        metrics["eval_return"] = evaluate()
-    return metrics

@@ -39,7 +39,7 @@ def train_run(path: Path, seed: int) -> float:
     config = preset.make_config({"seed": seed, "device": "cpu"})
     start = time.perf_counter()
     with Run.create(path, PRESET, config, show_progress=True) as run:
-        final = preset.load_trainer()(run.config, run)
+        final = preset.train(run.config, run)
         run.finish(final)
     seconds = time.perf_counter() - start
     print(

@@ -248,7 +248,7 @@ def run_entry(entry: Entry, budget: str, out: Path) -> dict[str, float]:
         run = Run.create(folder, entry.preset, config, show_progress=True)
     with run:
         t0 = time.perf_counter()
-        metrics = preset.load_trainer()(run.config, run)
+        metrics = preset.train(run.config, run)
         final = run.finish(metrics or {})
         log.info("%s: done in %.0f s", entry.name, time.perf_counter() - t0)
     return final

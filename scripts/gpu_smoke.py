@@ -67,7 +67,7 @@ def run_preset(name: str, device: str, iterations: int, root: Path) -> dict[str,
     t0 = time.perf_counter()
     try:
         preset = get_preset(name)
-        trainer = preset.load_trainer()
+        trainer = preset.train
     except Exception as err:  # an optional extra is missing: say so, do not fail
         row.update(status="skipped", reason=f"{type(err).__name__}: {err}")
         return row

@@ -7,13 +7,15 @@ import io
 import json
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 
 from meta_rl.checkpoint import CheckpointError
 from meta_rl.config import ConfigError
-from meta_rl.presets import OracleNavConfig, PresetError, get_preset, train_oracle_pointnav
+from meta_rl.presets import PresetError, get_preset
+from meta_rl.rl.oracle import OracleNavConfig, train_oracle_pointnav
 from meta_rl.runs import Run, RunError, load_config, read_metrics, read_run
 
 SMALL = dict(
@@ -47,8 +49,8 @@ def test_create_log_growing_columns_and_describe(tmp_path):
 
     info = read_run(tmp_path / "run")
     assert info["preset"] == "oracle-pointnav"
-    assert info["trainer"] == "meta_rl.presets:train_oracle_pointnav"
-    assert info["config_class"] == "meta_rl.presets:OracleNavConfig"
+    assert info["trainer"] == "meta_rl.rl.oracle:train_oracle_pointnav"
+    assert info["config_class"] == "meta_rl.rl.oracle:OracleNavConfig"
     assert load_config(tmp_path / "run") == config  # config.json rebuilds the config
     assert "step 2: loss=0.5 eval_return=-3" in (tmp_path / "run" / "log.txt").read_text()
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
@@ -149,14 +151,12 @@ def test_resume_allows_only_schedule_changes(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["iterations"] == 20
 
 
-def test_preset_table_is_lazy_and_errors_are_clear():
+def test_preset_table_holds_trainers_and_errors_are_clear():
     with pytest.raises(PresetError, match="unknown preset 'mam-sine'; did you mean 'maml-sine'"):
         get_preset("mam-sine")
-    broken = get_preset("maml-sine").__class__(
-        "broken", "meta_rl.no_such_module:train", "meta_rl.no_such_module:Config"
-    )
-    with pytest.raises(PresetError, match="preset 'broken' cannot be used.*no_such_module"):
-        broken.load_trainer()
+    broken = replace(get_preset("oracle-pointnav"), name="broken", overrides={"lr": -1.0})
+    with pytest.raises(PresetError, match="preset 'broken' does not fit .*OracleNavConfig.*lr"):
+        broken.make_config()
     p = get_preset("oracle-pointnav")
     assert p.make_config({"lr": 0.5}, ["seed=4"]) == OracleNavConfig(lr=0.5, seed=4)
 
