@@ -339,7 +339,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.resume:
             log.info("no run in %s yet: starting one", out)
         fresh = not out.exists()
-        run = Run.create(out, name, config, show_progress=not args.no_progress)
+        run = Run.create(
+            out, name, config, trainer=preset.trainer, show_progress=not args.no_progress
+        )
 
     with run:
         log.info("run folder: %s (starting at step %d)", run.path, run.start_step)

@@ -133,6 +133,13 @@ class Shard:
             return None
         return self.start * rows_per_task, self.total * rows_per_task
 
+    def first(self, k: int) -> tuple[int, float]:
+        """How many of the batch's first ``k`` tasks (0: all) are this shard's (its first ones:
+        shards are contiguous; 0: none) and its share of a mean over those ``k`` tasks."""
+        k = min(k or self.total, self.total)
+        mine = max(0, min(k, self.stop) - self.start)
+        return mine, mine / k
+
     def rows(self, global_rows: Tensor, rows_per_task: int = 1) -> Tensor:
         """The rows of ``global_rows`` (indices into the whole batch's ``total * rows_per_task``
         rows, kept in their order) that are this shard's, as indices into its own rows."""

@@ -245,7 +245,7 @@ def run_entry(entry: Entry, budget: str, out: Path) -> dict[str, float]:
         final_path.unlink(missing_ok=True)  # stale: the schedule changed, or it was killed
         run = Run.resume(folder, overrides, preset=entry.preset, show_progress=True)
     else:
-        run = Run.create(folder, entry.preset, config, show_progress=True)
+        run = Run.create(folder, entry.preset, config, trainer=preset.trainer, show_progress=True)
     with run:
         t0 = time.perf_counter()
         metrics = preset.train(run.config, run)

@@ -78,7 +78,7 @@ def run_preset(name: str, device: str, iterations: int, root: Path) -> dict[str,
         return row
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    run = Run.create(root / name, name, config)
+    run = Run.create(root / name, name, config, trainer=preset.trainer)
     try:
         trainer(config, run)
         if latest_checkpoint(run.checkpoint_dir) is None:

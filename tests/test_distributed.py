@@ -162,8 +162,57 @@ def test_shards_split_unevenly_and_cover_the_batch() -> None:
         torch.testing.assert_close(r_mine, r_whole[6:10], atol=0, rtol=0)
 
 
+def test_shard_holds_its_part_of_the_first_tasks() -> None:
+    """MAML-TRPO's Fisher uses the first fisher_tasks tasks: each rank its own of them, weighted
+    by its share of their mean (shards are contiguous, so they are each rank's first ones)."""
+    shards = [collectives.Context(r, 3).shard(7) for r in range(3)]  # (0, 3), (3, 5), (5, 7)
+    assert [s.first(4) for s in shards] == [(3, 0.75), (1, 0.25), (0, 0.0)]
+    assert [s.first(0) for s in shards] == [(3, 3 / 7), (2, 2 / 7), (2, 2 / 7)]  # 0: all
+    assert collectives.Context().shard(7).first(9) == (7, 1.0)  # more than the batch: all
+
+
+def test_launch_runs_the_command_on_rank_0_and_the_trainer_on_the_others(monkeypatch, capsys):
+    """meta_rl.launch without torchrun: a fake process group of the rank under test."""
+    from dataclasses import replace
+
+    from meta_rl import launch
+    from meta_rl.config import ConfigError
+
+    ran: list[list[str]] = []
+
+    def command(argv: list[str]) -> int:
+        ran.append(argv)
+        return 0
+
+    monkeypatch.setattr(collectives, "shutdown", lambda: None)
+    monkeypatch.setattr(collectives, "init", lambda: collectives.Context())  # rank 0 of 1
+    # a preset whose trainer does not shard its batch is refused (the others would repeat it)
+    assert launch.main(["train", "x"], command, lambda argv: "oracle-pointnav", ()) == 2
+    assert "'oracle-pointnav' (trainer meta_rl.rl.oracle" in capsys.readouterr().err
+    assert launch.main(["envs"], command, lambda argv: None, ()) == 0 and ran == [["envs"]]
+    assert launch.main(["train", "y"], command, lambda argv: "reptile-pointnav", ()) == 0
+    assert ran[-1] == ["train", "y"]
+
+    # rank 1 of 2: trains rank 0's preset (broadcast) without a run folder
+    follower = collectives.Context(1, 2)
+    monkeypatch.setattr(follower, "broadcast_object", lambda obj: "reptile-pointnav")
+    monkeypatch.setattr(collectives, "init", lambda: follower)
+    trained = []
+
+    def train(config, run):
+        trained.append((type(config).__name__, run))
+        if len(trained) > 1:
+            raise ConfigError("bad")  # rank 0 reports it; a follower ends with status 2
+
+    fake = replace(launch.PRESETS["reptile-pointnav"], train=train)
+    monkeypatch.setitem(launch.PRESETS, "reptile-pointnav", fake)
+    assert launch.main(["train", "z"], command, lambda argv: 1 / 0, (ConfigError,)) == 0
+    assert trained == [("ReptileConfig", None)] and ran[-1] == ["train", "y"]
+    assert launch.main(["train", "z"], command, lambda argv: 1 / 0, (ConfigError,)) == 2
+
+
 def _torchrun(out: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.collectives.run", "--standalone", "--nproc-per-node=2"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     cmd += ["-m", "meta_rl", "train", "rl2-bandits", "--out", str(out), "--no-progress"]
     for k, v in {**RL2, "checkpoint_every": 5, "num_threads": 1}.items():
         cmd += ["--set", f"{k}={v}"]
@@ -273,7 +322,7 @@ def test_two_ranks_equal_one_process_fewshot(tmp_path: Path) -> None:
     images of the episode) end with the parameters (and the training metrics) of one process on
     the same seed; a MANN sequence is never split."""
     from meta_rl.config import ConfigError
-    from meta_rl.fewshot.data import load_glyphs
+    from meta_rl.fewshot.glyphs import load_glyphs
     from meta_rl.fewshot.metric import episode_shard
 
     with pytest.raises(ConfigError, match="batch_size = 1 episodes cannot be split over 2 ranks"):

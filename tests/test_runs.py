@@ -32,7 +32,8 @@ SMALL = dict(
 
 def test_create_log_growing_columns_and_describe(tmp_path):
     config = OracleNavConfig(**SMALL)
-    with Run.create(tmp_path / "run", "oracle-pointnav", config) as run:
+    trainer = get_preset("oracle-pointnav").trainer
+    with Run.create(tmp_path / "run", "oracle-pointnav", config, trainer=trainer) as run:
         run.log(1, {"loss": 1.0})
         run.log(2, {"loss": torch.tensor(0.5), "eval_return": -3.0})  # a new column appears
         run.log(3, {"loss": 0.25})

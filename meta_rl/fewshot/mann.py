@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meta_rl import collectives
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import ConfigError, bounds, choice
 from meta_rl.core.memory import CoreState, MemoryCore
@@ -277,8 +277,6 @@ def _train_metrics(
 
 def train(config: MANNConfig, run=None) -> dict[str, float]:
     """Train a MANN on glyph sequences of the train scripts; evaluate on the test scripts."""
-    from meta_rl.runs import due
-
     dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     config = dist.sync_config(config)
     shard = episode_shard(
@@ -312,15 +310,9 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
         ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
-    # ---- resume ----------------------------------------------------------------------------
-    start = 0
-    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
-    if ck is not None:
-        model.load_state_dict(ck.tensors)
-        optimizer.load_state_dict(ck.state["optimizer"])
-        set_rng_state(train_sampler.rng, ck.state["train_rng"])
-        start = ck.step
-    dist.broadcast_(model.parameters())
+    def checkpoint() -> loop.Saved:
+        state = {"optimizer": optimizer.state_dict(), "train_rng": rng_state(train_sampler.rng)}
+        return model.state_dict(), state
 
     def evaluation() -> dict[str, float]:
         sampler = EpisodeSampler(
@@ -334,9 +326,18 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
         out = evaluate(model, sampler, config.input_size, config.eval_episodes, config.length)
         return {f"test_{k}": v for k, v in out.items()}
 
+    # ---- resume ----------------------------------------------------------------------------
+    start = 0
+    ck = loop.resume(run, dist, device, model.state_dict(), ("optimizer", "train_rng"))
+    if ck is not None:
+        model.load_state_dict(ck.tensors)
+        optimizer.load_state_dict(ck.state["optimizer"])
+        set_rng_state(train_sampler.rng, ck.state["train_rng"])
+        start = ck.step
+    dist.broadcast_(model.parameters())
+
     metrics: dict[str, float] = {}
-    progress = run.progress(config.iterations, start, key="accuracy") if run is not None else None
-    try:
+    with loop.progress(run, config, start, "accuracy"):
         for it in range(start, config.iterations):
             step = it + 1
             # ---- one update on a batch of sequences --------------------------------------
@@ -352,22 +353,18 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             metrics = _train_metrics(dist, logits.detach(), y, loss.item(), shard.weight)
-            # ---- evaluation, logging, checkpoints ---------------------------------------
-            if due(step, config.eval_every, config.iterations):
-                metrics.update(evaluation())
-            if run is not None and due(step, config.log_every, config.iterations):
-                run.log(step, metrics)
-            if run is not None and due(step, config.checkpoint_every, config.iterations):
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "train_rng": rng_state(train_sampler.rng),
-                }
-                run.save(step, model.state_dict(), state)
-    finally:
-        if progress is not None:
-            progress.close()
-    if "test_accuracy" not in metrics:
-        metrics.update(evaluation())
+            loop.end_step(
+                run,
+                config,
+                step,
+                metrics,
+                loss=metrics["loss"],
+                params=model.parameters(),
+                evaluate=evaluation,
+                checkpoint=checkpoint,
+                hint=f"Lower lr (now {config.lr}) or grad_clip, or change the seed.",
+            )
+    metrics = loop.final(metrics, evaluation)
     log.info(
         "test accuracy by instance: %s",
         " ".join(f"{i}:{metrics.get(f'test_instance_{i}', float('nan')):.3f}" for i in INSTANCES),

@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meta_rl import collectives
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
-from meta_rl.fewshot.data import EpisodeSampler, ImageSet, load_glyphs, split_by_group
+from meta_rl.fewshot.data import EpisodeSampler, ImageSet, split_by_group
+from meta_rl.fewshot.glyphs import load_glyphs
 from meta_rl.fewshot.models import Conv4, seeded, sync_batchnorm_
 
 log = logging.getLogger(__name__)
@@ -385,8 +386,6 @@ def _train_episodic(
 ) -> dict[str, float]:
     """Adam on ``episode_loss(xs, ys, xq, yq) -> (loss, accuracy)`` over training episodes;
     evaluation on the test split (fresh, seeded episodes each time)."""
-    from meta_rl.runs import due
-
     dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     if dist.enabled and config.meta_batch == 1:
         # one episode per update: its images are split over the ranks, and the encoder's
@@ -406,15 +405,9 @@ def _train_episodic(
     train_sampler, test_sampler = _samplers(config, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
-    # ---- resume ----------------------------------------------------------------------------
-    start = 0
-    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
-    if ck is not None:
-        model.load_state_dict(ck.tensors)
-        optimizer.load_state_dict(ck.state["optimizer"])
-        set_rng_state(train_sampler.rng, ck.state["train_rng"])
-        start = ck.step
-    dist.broadcast_(model.parameters())
+    def checkpoint() -> loop.Saved:
+        state = {"optimizer": optimizer.state_dict(), "train_rng": rng_state(train_sampler.rng)}
+        return model.state_dict(), state
 
     def evaluation() -> dict[str, float]:
         # the same test episodes at every evaluation: a fresh sampler with a fixed seed
@@ -434,9 +427,18 @@ def _train_episodic(
         model.train()
         return metrics
 
+    # ---- resume ----------------------------------------------------------------------------
+    start = 0
+    ck = loop.resume(run, dist, device, model.state_dict(), ("optimizer", "train_rng"))
+    if ck is not None:
+        model.load_state_dict(ck.tensors)
+        optimizer.load_state_dict(ck.state["optimizer"])
+        set_rng_state(train_sampler.rng, ck.state["train_rng"])
+        start = ck.step
+    dist.broadcast_(model.parameters())
+
     metrics: dict[str, float] = {}
-    progress = run.progress(config.iterations, start, key="accuracy") if run is not None else None
-    try:
+    with loop.progress(run, config, start, "accuracy"):
         for it in range(start, config.iterations):
             step = it + 1
             # ---- one update on a batch of training episodes -----------------------------
@@ -448,23 +450,18 @@ def _train_episodic(
             dist.all_reduce_grads(model.parameters())
             optimizer.step()
             metrics = dist.weighted_sum({"loss": loss.item(), "accuracy": acc.item()}, weight)
-
-            # ---- evaluation, logging, checkpoints ---------------------------------------
-            if due(step, config.eval_every, config.iterations):
-                metrics.update(evaluation())
-            if run is not None and due(step, config.log_every, config.iterations):
-                run.log(step, metrics)
-            if run is not None and due(step, config.checkpoint_every, config.iterations):
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "train_rng": rng_state(train_sampler.rng),
-                }
-                run.save(step, model.state_dict(), state)
-    finally:
-        if progress is not None:
-            progress.close()
-    if "test_accuracy" not in metrics:
-        metrics.update(evaluation())
+            loop.end_step(
+                run,
+                config,
+                step,
+                metrics,
+                loss=metrics["loss"],
+                params=model.parameters(),
+                evaluate=evaluation,
+                checkpoint=checkpoint,
+                hint=f"Lower lr (now {config.lr}) or change the seed.",
+            )
+    metrics = loop.final(metrics, evaluation)
     log.info(
         "test accuracy %.4f +- %.4f (%d-way %d-shot, %d episodes)",
         metrics["test_accuracy"],

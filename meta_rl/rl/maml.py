@@ -25,37 +25,27 @@ adaptation (``eval_return_0``) and after each inner step (``eval_return_1``, ...
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from meta_rl import collectives
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
-from meta_rl.collectives import Shard
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
 from meta_rl.core import Params, expand_params, init_metasgd_lrs, inner_update
+from meta_rl.loop import TrainingDiverged
 from meta_rl.policies import distributions as D
 from meta_rl.policies.mlp import MLPPolicy, make_mlp_policy
+from meta_rl.rl import trpo
 from meta_rl.rl.maml_fast import PiecewiseFisher, SupportCurvature, WrittenOut
 from meta_rl.rl.ppo import clipped_surrogate
 from meta_rl.rl.rollout import Episodes, compute_advantages, make_env, sample_episodes, shard_env
-from meta_rl.rl.trpo import (
-    LocalModel,
-    Objective,
-    Shared,
-    flat_grad,
-    gauss_newton_fvp,
-    hessian_fvp,
-    trpo_step,
-)
-from meta_rl.runs import RunError, due
+from meta_rl.rl.trpo import trpo_step
 
 log = logging.getLogger(__name__)
 
@@ -73,13 +63,6 @@ __all__ = [
 LR_PREFIX = "inner_lr/"
 
 
-class TrainingDiverged(RunError):
-    """The loss, the parameters or the KL became NaN/inf or exploded; training stopped."""
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------
 @dataclass
 class MetaPGConfig(BaseConfig):
     """What every meta-policy-gradient trainer shares (MAML family, Reptile): the task family,
@@ -202,23 +185,12 @@ class TaskData:
 
     @classmethod
     def from_episodes(cls, ep: Episodes, advantages: Tensor) -> TaskData:
-        return cls(
-            ep.by_task(ep.obs),
-            ep.by_task(ep.actions),
-            ep.by_task(ep.logp),
-            ep.by_task(advantages),
-            ep.by_task(ep.mask),
-        )
+        by_task = ep.by_task
+        return cls(*map(by_task, (ep.obs, ep.actions, ep.logp, advantages, ep.mask)))
 
     def tasks(self, index: slice) -> TaskData:
         """The tasks ``index`` of the batch."""
-        return TaskData(
-            self.obs[index],
-            self.actions[index],
-            self.logp[index],
-            self.advantages[index],
-            self.mask[index],
-        )
+        return TaskData(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -290,23 +262,14 @@ class MetaLearner:
 class OuterProblem:
     """The outer objective of one meta-iteration at the learner's current params: re-adapt from
     them on the fixed support episodes, then score the adapted policies on the fixed query
-    episodes (``sampled``: the adapted params the query episodes were sampled with).
-
-    The plain autograd form of TRPO's :class:`meta_rl.rl.trpo.Objective`: the loss's gradient
-    and the metric through the inner update by autograd. :func:`outer_objective` picks, once at
-    setup, this or a faster drop-in of :mod:`meta_rl.rl.maml_fast` with the same numbers.
+    episodes (``sampled``: the adapted params the query episodes were sampled with). The plain
+    autograd form of :class:`meta_rl.rl.trpo.Objective`; :func:`outer_objective` picks, once
+    at setup, this or a faster drop-in of :mod:`meta_rl.rl.maml_fast` with the same numbers.
 
     TRPO's metric is the Hessian of the KL between the sampling and the re-adapted policies on
-    the first ``fisher_tasks`` tasks (default: the config's ``fisher_tasks``, 0 meaning all; a
-    data-parallel shard passes its own count, see :func:`fisher_share`) and every
-    ``fisher_subsample``-th query sample: ``fisher="full"`` differentiates it through the
-    (second-order) inner update, as the MAML paper's implementation does;
-    ``fisher="first_order"`` holds the inner gradients constant (cheaper, but blind to how a
-    step changes the adaptation: on PointNav it lets the pre-update policy drift until the line
-    search stalls). ``fisher_product="gauss_newton"`` forms its products as ``J^T M J`` (``J``
-    the Jacobian of the adapted policies' distribution parameters, ``M`` the KL's Hessian in
-    them: exactly the KL's Hessian at the sampling params), ``"hessian"`` by double backward of
-    the KL's gradient (the same matrix, slower)."""
+    the first ``fisher_tasks`` tasks (default: the config's, 0 meaning all; a data-parallel
+    shard passes its own count, ``Shard.first``) and every ``fisher_subsample``-th query sample,
+    through the inner update per the config's ``fisher`` and in the form ``fisher_product``."""
 
     def __init__(
         self,
@@ -384,75 +347,45 @@ class OuterProblem:
         ``(outputs, M)`` for :func:`meta_rl.rl.trpo.gauss_newton_fvp`, ``outputs`` the adapted
         policies' distribution parameters (with their graph to the params)."""
         head, log_std, _, _, mask = self._fisher_heads()
-        return self.kl_metric(head, log_std, mask)
-
-    @staticmethod
-    def kl_metric(
-        head: Tensor, log_std: Tensor | None, mask: Tensor, num_tasks: int = 0
-    ) -> tuple[list[Tensor], Callable[[list[Tensor]], list[Tensor]]]:
-        """The KL's Hessian in the distribution parameters ``head`` (and ``log_std``) at the
-        sampling params, each sample weighted as in the masked task mean and the mean over
-        ``num_tasks`` (default: ``head.shape[0]``) tasks (see ``distributions.kl_hessian``)."""
-        weight = mask / mask.sum(1, keepdim=True).clamp_min(1.0) / (num_tasks or head.shape[0])
+        weight = mask / mask.sum(1, keepdim=True).clamp_min(1.0) / mask.shape[0]  # as the KL's
         return D.kl_hessian(head, log_std, weight.detach())
 
-    def local_model(self) -> LocalModel:
+    def local_model(self) -> trpo.LocalModel:
         """Loss, meta-gradient and Fisher-vector product at the learner's current params."""
         cfg, leaves = self.learner.config, self.learner.leaves()
         loss, kl = self.surrogate(True)
         gauss_newton = cfg.fisher_product == "gauss_newton"
-        grad = flat_grad(loss, leaves, retain_graph=not gauss_newton)  # the KL shares its graph
+        grad = trpo.flat_grad(
+            loss, leaves, retain_graph=not gauss_newton
+        )  # the KL shares its graph
         if self.fisher_tasks == 0:  # no Fisher task here (a data-parallel shard): adds nothing
             fvp: Callable[[Tensor], Tensor] = torch.zeros_like
         elif gauss_newton:
-            fvp = gauss_newton_fvp(*self.fisher_gauss_newton(), leaves)
+            fvp = trpo.gauss_newton_fvp(*self.fisher_gauss_newton(), leaves)
         else:
             subset = cfg.fisher_subsample > 1 or self.fisher_tasks < self.num_tasks
             if cfg.fisher == "first_order" or subset:
                 kl = self.fisher_kl()
-            fvp = hessian_fvp(kl, leaves)
-        return LocalModel(loss.detach(), grad, fvp)
+            fvp = trpo.hessian_fvp(kl, leaves)
+        return trpo.LocalModel(loss.detach(), grad, fvp)
 
     def loss_and_kl(self) -> tuple[Tensor, Tensor]:
         """The surrogate loss and the mean KL without a meta-graph (TRPO's line search)."""
         return self.surrogate(False)
 
 
-def outer_objective(learner: MetaLearner) -> Callable[[OuterProblem], Objective]:
+def outer_objective(learner: MetaLearner) -> Callable[[OuterProblem], trpo.Objective]:
     """How a meta-iteration's :class:`OuterProblem` becomes TRPO's objective, chosen once at
-    setup: the problem itself (Meta-SGD's per-parameter rates, or ``fisher_product="hessian"``),
-    else a drop-in of :mod:`meta_rl.rl.maml_fast` with the same numbers: everything written out
-    for a Gaussian tanh/ReLU MLP with the likelihood-ratio inner loss
-    (:class:`~meta_rl.rl.maml_fast.WrittenOut`), else the Fisher products piece by piece
-    (:class:`~meta_rl.rl.maml_fast.PiecewiseFisher`)."""
+    setup: the problem itself (Meta-SGD's per-parameter rates, ``fisher_product="hessian"``),
+    else a :mod:`meta_rl.rl.maml_fast` drop-in: everything written out where
+    :class:`SupportCurvature` applies (and the inner loss is ours), else piecewise products."""
     if learner.config.fisher_product == "hessian" or learner.lrs is not None:
-        return _plain
-    if type(learner).inner_loss is MetaLearner.inner_loss and SupportCurvature.applies(
-        learner.policy
-    ):
-        return WrittenOut
-    return PiecewiseFisher
+        return lambda problem: problem
+    ours = type(learner).inner_loss is MetaLearner.inner_loss
+    return WrittenOut if ours and SupportCurvature.applies(learner.policy) else PiecewiseFisher
 
 
-def _plain(problem: OuterProblem) -> Objective:
-    return problem
-
-
-def fisher_share(shard: Shard, fisher_tasks: int) -> tuple[int, float]:
-    """TRPO's metric uses the first ``fisher_tasks`` tasks of the meta-batch (0: all). Returns
-    how many of them are this shard's (its first ones: shards are contiguous; 0: none) and its
-    share of the metric's mean over them."""
-    k = min(fisher_tasks or shard.total, shard.total)
-    mine = max(0, min(k, shard.stop) - shard.start)
-    return mine, mine / k
-
-
-def _stopped(what: str, step: int, detail: str, run: Any) -> TrainingDiverged:
-    where = f" in {run.checkpoint_dir}" if run is not None else ""
-    return TrainingDiverged(
-        f"iteration {step}: {what} ({detail}); training stopped, the last good checkpoint is kept"
-        f"{where}. Lower the step size (max_kl / ppo_lr / inner_lr) or change the seed."
-    )
+HINT = "Lower the step size (max_kl / ppo_lr / inner_lr) or change the seed."
 
 
 # --------------------------------------------------------------------------------------------
@@ -543,6 +476,11 @@ class MetaPGSetup:
     shard: collectives.Shard
     """this rank's tasks of each meta-batch (all of them in one process)"""
 
+    def sample(self, params: Params, seed: int) -> Episodes:
+        """One episode per row of the training env (this rank's tasks) with ``params``."""
+        gen = self.action_gen
+        return sample_episodes(self.env, self.policy, params, gen, seed=seed, shard=self.shard)
+
     def evaluate(self) -> dict[str, float]:
         """Mean return on the held-out tasks after 0..eval_inner_steps inner steps."""
         cfg = self.config
@@ -600,9 +538,9 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
     dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     cfg = config = dist.sync_config(config)
     setup = build_setup(cfg)
-    device, env, policy, learner = setup.device, setup.env, setup.policy, setup.learner
+    device, env, learner = setup.device, setup.env, setup.learner
     shard = setup.shard
-    fisher_tasks, fisher_weight = fisher_share(shard, cfg.fisher_tasks)
+    fisher_tasks, fisher_weight = shard.first(cfg.fisher_tasks)  # TRPO metric's tasks
     as_objective = outer_objective(learner)  # plain autograd or a faster drop-in, chosen once
     task_rng, action_gen = setup.task_rng, setup.action_gen
     optimizer = (
@@ -611,7 +549,7 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
         else None
     )
 
-    def snapshot() -> dict[str, Any]:
+    def checkpoint() -> loop.Saved:
         state: dict[str, Any] = {
             "task_rng": rng_state(task_rng),
             "action_rng": rng_state(action_gen),
@@ -619,11 +557,12 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
         }
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
-        return state
+        return {k: v.detach() for k, v in learner.outer_params().items()}, state
 
     # ---- resume ------------------------------------------------------------------------
-    start = 0
-    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
+    start, total_steps = 0, 0.0
+    state_keys = ("task_rng", "action_rng") + (("optimizer",) if optimizer is not None else ())
+    ck = loop.resume(run, dist, device, learner.outer_params(), state_keys)
     if ck is not None:
         with torch.no_grad():
             for k, v in learner.outer_params().items():
@@ -633,20 +572,16 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
         if optimizer is not None:
             optimizer.load_state_dict(ck.state["optimizer"])
         start = ck.step
+        total_steps = float(ck.state.get("env_steps_total", 0.0))
     elif run is not None:  # the meta-untrained policy, for reference
         run.log(0, setup.evaluate())
     dist.broadcast_(learner.outer_params().values())
 
     metrics: dict[str, float] = {}
-    last_saved = start
-    total_steps = float(ck.state.get("env_steps_total", 0.0)) if ck is not None else 0.0
-    progress = run.progress(cfg.iterations, start, "return_post") if run else nullcontext()
-    with progress:
+    with loop.progress(run, cfg, start, "return_post"):
         for it in range(start, cfg.iterations):
             step = it + 1
             t0 = time.perf_counter()
-            before = snapshot()
-            old = {k: v.detach().clone() for k, v in learner.outer_params().items()}
             T = shard.size  # this rank's tasks
 
             # ---- 1. tasks --------------------------------------------------------------
@@ -660,9 +595,7 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
             returns_pre = 0.0
             env_steps = 0
             for k in range(cfg.inner_steps):
-                ep = sample_episodes(
-                    env, policy, params, action_gen, seed=env_seed + k, shard=shard
-                )
+                ep = setup.sample(params, env_seed + k)
                 env_steps += ep.num_steps()
                 if k == 0:
                     returns_pre = ep.task_returns().mean().item()
@@ -676,9 +609,7 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                 params = {n: v.detach() for n, v in params.items()}
 
             # ---- 4. query episodes with the adapted params ------------------------------
-            ep = sample_episodes(
-                env, policy, params, action_gen, seed=env_seed + cfg.inner_steps, shard=shard
-            )
+            ep = setup.sample(params, env_seed + cfg.inner_steps)
             env_steps += ep.num_steps()
             returns_post = ep.task_returns().mean().item()
             adv = compute_advantages(
@@ -688,7 +619,7 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
             problem = OuterProblem(learner, supports, query, params, fisher_tasks)
             objective = as_objective(problem)
             if dist.enabled:  # this rank's share, summed over the ranks
-                objective = Shared(objective, dist.all_reduce, shard.weight, fisher_weight)
+                objective = trpo.Shared(objective, dist.all_reduce, shard.weight, fisher_weight)
 
             # ---- 5. outer update ----------------------------------------------------------
             if cfg.outer == "trpo":
@@ -714,22 +645,11 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                 kl = problem.loss_and_kl()[1].detach() * shard.weight
                 loss_v, kl_v = dist.all_reduce(torch.stack([loss.detach(), kl])).tolist()
                 extra = {}
+            if not (kl_v <= cfg.abort_kl):  # a NaN KL too; non-finite losses: loop.end_step
+                what = f"the KL exploded (kl={kl_v:.4g} > abort_kl={cfg.abort_kl})"
+                raise loop.diverged(step, run, what, HINT)
 
-            # ---- divergence checks (before anything is saved) -----------------------------
-            finite = all(bool(torch.isfinite(v).all()) for v in learner.outer_params().values())
-            trouble = None
-            if not finite or not math.isfinite(loss_v):
-                trouble = ("the loss or the parameters became NaN/inf", f"loss={loss_v}")
-            elif not math.isfinite(kl_v) or kl_v > cfg.abort_kl:
-                trouble = ("the KL exploded", f"kl={kl_v:.4g} > abort_kl={cfg.abort_kl}")
-            if trouble is not None:
-                with torch.no_grad():  # back to the last good state
-                    for k, v in learner.outer_params().items():
-                        v.copy_(old[k])
-                if run is not None and last_saved < it:
-                    run.save(it, dict(old), before)
-                raise _stopped(trouble[0], step, trouble[1], run)
-
+            # ---- metrics, then evaluation / log / checkpoint when due ---------------------
             if dist.enabled:  # means over all tasks, steps of all ranks
                 w = shard.weight
                 g = dist.weighted_sum({"pre": returns_pre * w, "post": returns_post * w}, 1.0)
@@ -753,16 +673,15 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                 metrics["inner_lr_mean"] = float(
                     torch.cat([v.detach().reshape(-1) for v in learner.lrs.values()]).mean()
                 )
-            if due(step, cfg.eval_every, cfg.iterations):
-                metrics.update(setup.evaluate())
-            log.debug("iteration %d: %s", step, metrics)
-            if run is not None:
-                if due(step, cfg.log_every, cfg.iterations):
-                    run.log(step, metrics)
-                if due(step, cfg.checkpoint_every, cfg.iterations):
-                    tensors = {k: v.detach() for k, v in learner.outer_params().items()}
-                    run.save(step, tensors, snapshot())
-                    last_saved = step
-    if "eval_return_0" not in metrics:
-        metrics.update(setup.evaluate())
-    return metrics
+            loop.end_step(
+                run,
+                cfg,
+                step,
+                metrics,
+                loss=loss_v,
+                params=learner.outer_params().values(),
+                evaluate=setup.evaluate,
+                checkpoint=checkpoint,
+                hint=HINT,
+            )
+    return loop.final(metrics, setup.evaluate)

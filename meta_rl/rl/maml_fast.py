@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from meta_rl.policies import distributions as D
 from meta_rl.policies.mlp import MLPPolicy
 from meta_rl.rl.trpo import LocalModel, flat_grad
 
@@ -268,7 +269,8 @@ def fisher_product(
         top = [params[n].requires_grad_(True) for n in names]
         q = problem.query.tasks(tasks)
         head, log_std = policy.head(params, q.obs[:, rows])
-    outs, metric = problem.kl_metric(head, log_std, q.mask[:, rows], k)
+    mask = q.mask[:, rows]  # each row weighs as in the KL's masked mean over the k tasks
+    outs, metric = D.kl_hessian(head, log_std, mask / mask.sum(1, keepdim=True).clamp_min(1.0) / k)
     ws = [torch.zeros_like(o, requires_grad=True) for o in outs]
     jt_w = torch.autograd.grad(outs, top, grad_outputs=ws, create_graph=True)
     sizes = [v.numel() for v in theta.values()]

@@ -6,19 +6,18 @@ check of the run machinery too: checkpoints, resume, metrics (preset ``oracle-po
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, bounds
 
 __all__ = ["OracleNavConfig", "GoalPolicy", "train_oracle_pointnav"]
 
 
-# --------------------------------------------------------------------------------------------
-# oracle-pointnav: a tiny real trainer (REINFORCE, goal-conditioned linear Gaussian policy)
-# --------------------------------------------------------------------------------------------
 @dataclass
 class OracleNavConfig(BaseConfig):
     """REINFORCE on ``MetaRL/PointNav-v0`` with the goal appended to the observation."""
@@ -59,7 +58,7 @@ class GoalPolicy(torch.nn.Module):
 
     def forward(self, obs: torch.Tensor) -> torch.distributions.Normal:
         mean = self.max_step * torch.tanh(self.mean(obs / self.max_step))
-        return torch.distributions.Normal(mean, self.log_std.exp())
+        return torch.distributions.Normal(mean, self.log_std.exp(), validate_args=False)
 
 
 def _episode(env, policy, goals, generator, horizon, sample: bool):
@@ -82,12 +81,10 @@ def _episode(env, policy, goals, generator, horizon, sample: bool):
     return torch.stack(logps), torch.stack(rewards), torch.stack(alive).float()
 
 
-def train_oracle_pointnav(config: OracleNavConfig, run) -> dict[str, float]:
+def train_oracle_pointnav(config: OracleNavConfig, run: Any = None) -> dict[str, float]:
     """REINFORCE with reward-to-go and a per-time-step mean baseline."""
     from meta_rl_envs import make_batched
     from meta_rl_envs.batched import resolve_device
-
-    from meta_rl.runs import due
 
     config.apply_num_threads()
     device = resolve_device(config.device)
@@ -109,9 +106,23 @@ def train_oracle_pointnav(config: OracleNavConfig, run) -> dict[str, float]:
     eval_env.set_tasks(eval_env.sample_tasks(config.eval_tasks, config.seed + 2, "test"))
     eval_goals = eval_env.goal
 
+    def checkpoint() -> loop.Saved:
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "task_rng": rng_state(task_rng),
+            "action_rng": rng_state(action_gen),
+        }
+        return policy.state_dict(), state
+
+    def evaluation() -> dict[str, float]:
+        with torch.no_grad():
+            _, rewards, alive = _episode(eval_env, policy, eval_goals, None, config.horizon, False)
+        return {"eval_return": (rewards * alive).sum(0).mean().item()}
+
     # ---- resume ------------------------------------------------------------------------
     start = 0
-    ck = run.load_last(device)
+    keys = ("optimizer", "task_rng", "action_rng")
+    ck = loop.resume(run, collectives.context(), device, policy.state_dict(), keys)
     if ck is not None:
         policy.load_state_dict(ck.tensors)
         optimizer.load_state_dict(ck.state["optimizer"])
@@ -119,14 +130,9 @@ def train_oracle_pointnav(config: OracleNavConfig, run) -> dict[str, float]:
         set_rng_state(action_gen, ck.state["action_rng"])
         start = ck.step
 
-    def evaluate() -> float:
-        with torch.no_grad():
-            _, rewards, alive = _episode(eval_env, policy, eval_goals, None, config.horizon, False)
-        return (rewards * alive).sum(0).mean().item()
-
     metrics: dict[str, float] = {}
     discounts = config.discount ** torch.arange(config.horizon, device=device, dtype=torch.float)
-    with run.progress(config.iterations, start, key="return"):
+    with loop.progress(run, config, start, "return"):
         for it in range(start, config.iterations):
             step = it + 1
             # ---- sample a batch of goals and one episode per row ------------------------
@@ -147,17 +153,15 @@ def train_oracle_pointnav(config: OracleNavConfig, run) -> dict[str, float]:
             optimizer.step()
 
             metrics = {"return": rewards.sum(0).mean().item(), "loss": loss.item()}
-            if due(step, config.eval_every, config.iterations):
-                metrics["eval_return"] = evaluate()
-            if due(step, config.log_every, config.iterations):
-                run.log(step, metrics)
-            if due(step, config.checkpoint_every, config.iterations):
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "task_rng": rng_state(task_rng),
-                    "action_rng": rng_state(action_gen),
-                }
-                run.save(step, policy.state_dict(), state)
-    if "eval_return" not in metrics:
-        metrics["eval_return"] = evaluate()
-    return metrics
+            loop.end_step(
+                run,
+                config,
+                step,
+                metrics,
+                loss=metrics["loss"],
+                params=policy.parameters(),
+                evaluate=evaluation,
+                checkpoint=checkpoint,
+                hint=f"Lower lr (now {config.lr}).",
+            )
+    return loop.final(metrics, evaluation)
