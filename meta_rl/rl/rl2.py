@@ -469,9 +469,8 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
 
     # ---- final evaluation beside the references ------------------------------------------
     final = loop.final(metrics, evaluation)
-    other = evaluate_trials(
-        config, policy, eval_env, config.seed + 5, not config.eval_deterministic
-    )
+    other_mode = not config.eval_deterministic  # the final metrics report both action modes
+    other = evaluate_trials(config, policy, eval_env, config.seed + 5, other_mode)
     tag = "sampled" if config.eval_deterministic else "mode"
     final[f"eval_return_{tag}"], final[f"eval_ci95_{tag}"] = other.mean, other.ci95
     if config.references:
