@@ -26,7 +26,6 @@ env raises :class:`SpaceMismatchError` naming both spaces.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import warnings
 from collections.abc import Callable
@@ -42,8 +41,7 @@ from torch import Tensor, nn
 
 from meta_rl.checkpoint import (
     Checkpoint,
-    CheckpointError,
-    list_checkpoints,
+    checkpoint_sidecar,
     load_checkpoint,
     load_usable_checkpoint,
     restore_tensors,
@@ -283,32 +281,14 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
 
 def _checkpoint_file(path: Path) -> tuple[Path, Path]:
     """(sidecar, run folder) of a checkpoint file given to :func:`load`."""
-    folder = path.parent
-    if path.suffix == ".safetensors":
-        for _, candidate in list_checkpoints(folder):
-            try:
-                named = json.loads(candidate.read_text()).get("tensors_file")
-            except (OSError, ValueError, AttributeError):
-                continue
-            if named == path.name:
-                path = candidate
-                break
-        else:
-            raise CheckpointError(
-                f"{str(path)!r} is not the tensors file of any checkpoint in its folder "
-                "(no step_*.json sidecar names it)"
-            )
-    elif not path.name.startswith("step_") or path.suffix != ".json":
-        raise RunError(
-            f"{str(path)!r} is neither a run folder nor a checkpoint file (a run folder's "
-            "checkpoints/step_XXXXXXXX.json or .safetensors)"
-        )
+    sidecar = checkpoint_sidecar(path)
+    folder = sidecar.parent
     if folder.name != "checkpoints" or not (folder.parent / CONFIG_FILE).exists():
         raise RunError(
             f"checkpoint {str(path)!r} is not inside a run folder's checkpoints/ folder: the "
             "run's config.json is needed to rebuild the policy"
         )
-    return path, folder.parent
+    return sidecar, folder.parent
 
 
 def _import_trainers() -> None:

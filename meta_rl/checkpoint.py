@@ -275,9 +275,10 @@ def save_checkpoint(
     all_tensors = _prepare({**tensors, **state_tensors})
     bad = non_finite(all_tensors)
     if bad:
+        found = list_checkpoints(directory)
+        kept = f"the last one (step {found[-1][0]}) is kept" if found else "there is none before"
         raise CheckpointError(
-            f"checkpoint of step {step} not written: {_bad_text(bad)} (training diverged); "
-            "the checkpoints already on disk are kept"
+            f"checkpoint of step {step} not written: {_bad_text(bad)} (training diverged); {kept}"
         )
 
     blob = safetensors.torch.save(all_tensors, metadata={"format": FORMAT})
@@ -465,6 +466,30 @@ def read_sidecar(path: Path) -> dict[str, Any]:
     if meta.get("config") is not None and not isinstance(meta["config"], dict):
         raise bad("config", "is not a mapping")
     return meta
+
+
+def checkpoint_sidecar(path: str | Path) -> Path:
+    """The sidecar of a checkpoint file: ``path`` itself (``step_*.json``) or the sidecar that
+    names ``path`` as its tensors file (``.safetensors``); else a :class:`CheckpointError`."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        for _, sidecar in list_checkpoints(path.parent):
+            try:
+                named = json.loads(sidecar.read_text()).get("tensors_file")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if named == path.name:
+                return sidecar
+        raise CheckpointError(
+            f"{str(path)!r} is not the tensors file of any checkpoint in its folder (no "
+            "step_*.json sidecar names it)"
+        )
+    if not _SIDECAR.match(path.name):
+        raise CheckpointError(
+            f"{str(path)!r} is neither a run folder nor a checkpoint file (a run folder's "
+            "checkpoints/step_XXXXXXXX.json or its .safetensors file)"
+        )
+    return path
 
 
 def load_usable_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:

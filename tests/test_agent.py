@@ -232,7 +232,7 @@ def test_load_a_checkpoint_file(grad_run):
     tensors = grad_run / "checkpoints" / json.loads(sidecar.read_text())["tensors_file"]
     assert meta_rl.load(tensors).checkpoint_step == first
     assert meta_rl.load(grad_run).checkpoint_step == last
-    with pytest.raises(RunError, match="neither a run folder nor a checkpoint file"):
+    with pytest.raises(CheckpointError, match="neither a run folder nor a checkpoint file"):
         meta_rl.load(grad_run / "config.json")
     with pytest.raises(RunError, match="run folder 'nowhere' does not exist"):
         meta_rl.load("nowhere")

@@ -344,8 +344,10 @@ def rewrite_tensors(sidecar, change):
 
 
 def test_save_refuses_non_finite_tensors_and_keeps_the_last_finite_checkpoint(tmp_path):
-    save_checkpoint(tmp_path, 1, {"w": torch.ones(3)}, keep=1)
     w = torch.tensor([1.0, float("nan"), 2.0])
+    with pytest.raises(CheckpointError, match="NaN or inf in tensor 'w'.*there is none before"):
+        save_checkpoint(tmp_path, 1, {"w": w}, keep=1)  # diverged before any checkpoint
+    save_checkpoint(tmp_path, 1, {"w": torch.ones(3)}, keep=1)
     with pytest.raises(CheckpointError, match="step 2 not written: NaN or inf in tensor 'w'"):
         save_checkpoint(tmp_path, 2, {"w": w}, keep=1)
     m = torch.tensor([float("inf")])
