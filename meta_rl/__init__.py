@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import meta_rl_envs  # noqa: F401  (registers the MetaRL/... ids)
 
+from meta_rl._version import __version__
+
 if TYPE_CHECKING:
     from meta_rl.agent import Agent
 
-__version__ = "0.1.0"
 __all__ = ["__version__", "load"]
 
 

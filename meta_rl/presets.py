@@ -4,10 +4,6 @@ Trainers and config classes are ``"module:name"`` strings imported only when a p
 so a preset whose module is missing or broken fails with a clear message when it is asked for
 while ``meta-rl presets`` still lists every preset. A trainer is ``train(config, run) -> dict``
 (the final metrics); see :mod:`meta_rl.runs` for the step convention.
-
-This module also holds one small trainer of its own, ``oracle-pointnav``: REINFORCE on the
-batched 2D navigation family with the goal in the observation (a task-aware upper baseline, no
-meta-learning). It is the end-to-end check of the run machinery: checkpoints, resume, metrics.
 """
 
 from __future__ import annotations
@@ -18,11 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-import torch
-
-from meta_rl.checkpoint import rng_state, set_rng_state
-from meta_rl.config import BaseConfig, ConfigError, apply_overrides, bounds
+from meta_rl.config import BaseConfig, ConfigError, apply_overrides
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +203,8 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "oracle-pointnav",
-            "meta_rl.presets:train_oracle_pointnav",
-            "meta_rl.presets:OracleNavConfig",
+            "meta_rl.rl.oracle:train_oracle_pointnav",
+            "meta_rl.rl.oracle:OracleNavConfig",
             {},
             "REINFORCE on batched PointNav seeing the goal (task-aware baseline; infra check)",
         ),
@@ -413,150 +405,3 @@ def get_preset(name: str) -> Preset:
     close = difflib.get_close_matches(name, list(PRESETS), n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     raise PresetError(f"unknown preset {name!r}{hint} (presets: {', '.join(sorted(PRESETS))})")
-
-
-# --------------------------------------------------------------------------------------------
-# oracle-pointnav: a tiny real trainer (REINFORCE, goal-conditioned linear Gaussian policy)
-# --------------------------------------------------------------------------------------------
-@dataclass
-class OracleNavConfig(BaseConfig):
-    """REINFORCE on ``MetaRL/PointNav-v0`` with the goal appended to the observation."""
-
-    iterations: int = field(default=40, metadata=bounds(ge=1))
-    """policy-gradient updates (one batch of episodes each)"""
-    checkpoint_every: int = field(default=10, metadata=bounds(ge=0))
-    """save a checkpoint every this many iterations (0: only at the end)"""
-    eval_every: int = field(default=10, metadata=bounds(ge=0))
-    """evaluate the mean action on test-split goals every this many iterations (0: at the end)"""
-    tasks_per_iteration: int = field(default=8, metadata=bounds(ge=1))
-    """goals sampled per iteration (train split)"""
-    envs_per_task: int = field(default=4, metadata=bounds(ge=1))
-    """episodes per goal per iteration"""
-    horizon: int = field(default=100, metadata=bounds(ge=1))
-    """episode length"""
-    lr: float = field(default=0.03, metadata=bounds(gt=0))
-    """Adam learning rate"""
-    init_log_std: float = -3.0
-    """initial log standard deviation of the Gaussian actions"""
-    discount: float = field(default=0.99, metadata=bounds(ge=0, le=1))
-    """discount of the reward-to-go"""
-    eval_tasks: int = field(default=16, metadata=bounds(ge=1))
-    """test-split goals used by evaluation (fixed by the seed)"""
-
-
-class GoalPolicy(torch.nn.Module):
-    """Gaussian policy: mean ``max_step * tanh(W [position, goal] / max_step + b)``."""
-
-    def __init__(self, init_log_std: float, max_step: float, generator: torch.Generator) -> None:
-        super().__init__()
-        self.max_step = max_step
-        self.mean = torch.nn.Linear(4, 2)
-        with torch.no_grad():  # explicit generator: no global RNG in the initialisation
-            self.mean.weight.copy_((torch.rand(2, 4, generator=generator) * 2 - 1) * 0.1)
-            self.mean.bias.zero_()
-        self.log_std = torch.nn.Parameter(torch.full((2,), float(init_log_std)))
-
-    def forward(self, obs: torch.Tensor) -> torch.distributions.Normal:
-        mean = self.max_step * torch.tanh(self.mean(obs / self.max_step))
-        return torch.distributions.Normal(mean, self.log_std.exp())
-
-
-def _episode(env, policy, goals, generator, horizon, sample: bool):
-    """One episode on every row; returns (log-probs [T, N], rewards [T, N], alive [T, N])."""
-    obs, _ = env.reset()
-    logps, rewards, alive = [], [], []
-    running = torch.ones(env.num_envs, dtype=torch.bool, device=env.device)
-    for _ in range(horizon):
-        dist = policy(torch.cat([obs, goals], dim=-1))
-        if sample:
-            noise = torch.randn(dist.loc.shape, generator=generator, device=env.device)
-            action = (dist.loc + dist.scale * noise).detach()
-        else:
-            action = dist.loc.detach()
-        logps.append(dist.log_prob(action).sum(-1))
-        obs, reward, terminated, truncated, _ = env.step(action)
-        rewards.append(reward)
-        alive.append(running.clone())
-        running = running & ~(terminated | truncated)
-    return torch.stack(logps), torch.stack(rewards), torch.stack(alive).float()
-
-
-def train_oracle_pointnav(config: OracleNavConfig, run) -> dict[str, float]:
-    """REINFORCE with reward-to-go and a per-time-step mean baseline."""
-    from meta_rl_envs import make_batched
-    from meta_rl_envs.batched import resolve_device
-
-    from meta_rl.runs import due
-
-    config.apply_num_threads()
-    device = resolve_device(config.device)
-    env = make_batched(
-        "MetaRL/PointNav-v0",
-        config.tasks_per_iteration,
-        config.envs_per_task,
-        device=str(device),
-        horizon=config.horizon,
-    )
-    eval_env = make_batched(
-        "MetaRL/PointNav-v0", config.eval_tasks, 1, device=str(device), horizon=config.horizon
-    )
-    task_rng = np.random.default_rng(config.seed)
-    action_gen = torch.Generator(device=device).manual_seed(config.seed)
-    init_gen = torch.Generator().manual_seed(config.seed + 1)
-    policy = GoalPolicy(config.init_log_std, env.max_step, init_gen).to(device)
-    optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr)
-    eval_env.set_tasks(eval_env.sample_tasks(config.eval_tasks, config.seed + 2, "test"))
-    eval_goals = eval_env.goal
-
-    # ---- resume ------------------------------------------------------------------------
-    start = 0
-    ck = run.load_last(device)
-    if ck is not None:
-        policy.load_state_dict(ck.tensors)
-        optimizer.load_state_dict(ck.state["optimizer"])
-        set_rng_state(task_rng, ck.state["task_rng"])
-        set_rng_state(action_gen, ck.state["action_rng"])
-        start = ck.step
-
-    def evaluate() -> float:
-        with torch.no_grad():
-            _, rewards, alive = _episode(eval_env, policy, eval_goals, None, config.horizon, False)
-        return (rewards * alive).sum(0).mean().item()
-
-    metrics: dict[str, float] = {}
-    discounts = config.discount ** torch.arange(config.horizon, device=device, dtype=torch.float)
-    with run.progress(config.iterations, start, key="return"):
-        for it in range(start, config.iterations):
-            step = it + 1
-            # ---- sample a batch of goals and one episode per row ------------------------
-            env.set_tasks(env.sample_tasks(config.tasks_per_iteration, task_rng, "train"))
-            goals = env.goal
-            logps, rewards, alive = _episode(
-                env, policy, goals, action_gen, config.horizon, sample=True
-            )
-            rewards = rewards * alive
-            # ---- REINFORCE: discounted reward-to-go minus the per-step mean ---------------
-            disc = rewards * discounts[:, None]
-            to_go = disc.flip(0).cumsum(0).flip(0) / discounts[:, None]
-            adv = to_go - to_go.mean(dim=1, keepdim=True)
-            adv = adv / (adv.std() + 1e-8)
-            loss = -(logps * adv * alive).sum() / alive.sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-
-            metrics = {"return": rewards.sum(0).mean().item(), "loss": loss.item()}
-            if due(step, config.eval_every, config.iterations):
-                metrics["eval_return"] = evaluate()
-            if due(step, config.log_every, config.iterations):
-                run.log(step, metrics)
-            if due(step, config.checkpoint_every, config.iterations):
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "task_rng": rng_state(task_rng),
-                    "action_rng": rng_state(action_gen),
-                }
-                run.save(step, policy.state_dict(), state)
-    if "eval_return" not in metrics:
-        metrics["eval_return"] = evaluate()
-    return metrics

@@ -284,7 +284,7 @@ class Run:
             from meta_rl.presets import PRESETS
 
             trainer = PRESETS[preset].trainer if preset in PRESETS else None
-        from meta_rl import __version__
+        from meta_rl._version import __version__
 
         return {
             "format": RUN_FORMAT,

@@ -271,7 +271,7 @@ def test_two_ranks_equal_one_process_fewshot(tmp_path: Path) -> None:
     images of the episode) end with the parameters (and the training metrics) of one process on
     the same seed; a MANN sequence is never split."""
     from meta_rl.config import ConfigError
-    from meta_rl.fewshot.data import load_glyphs
+    from meta_rl.fewshot.glyphs import load_glyphs
     from meta_rl.fewshot.metric import episode_shard
 
     with pytest.raises(ConfigError, match="batch_size = 1 episodes cannot be split over 2 ranks"):

@@ -270,7 +270,7 @@ GLYPHS = {"image_size": 20, "samples_per_class": 8, "scripts": SMALL_SCRIPTS, "d
 @pytest.fixture(scope="module")
 def glyph_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("glyphs")
-    from meta_rl.fewshot.data import load_glyphs
+    from meta_rl.fewshot.glyphs import load_glyphs
 
     load_glyphs(root=root, image_size=20, samples_per_class=8, scripts=list(SMALL_SCRIPTS))
     return str(root)

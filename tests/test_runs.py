@@ -13,7 +13,8 @@ import torch
 
 from meta_rl.checkpoint import CheckpointError
 from meta_rl.config import ConfigError
-from meta_rl.presets import OracleNavConfig, PresetError, get_preset, train_oracle_pointnav
+from meta_rl.presets import PresetError, get_preset
+from meta_rl.rl.oracle import OracleNavConfig, train_oracle_pointnav
 from meta_rl.runs import Run, RunError, load_config, read_metrics, read_run
 
 SMALL = dict(
@@ -47,8 +48,8 @@ def test_create_log_growing_columns_and_describe(tmp_path):
 
     info = read_run(tmp_path / "run")
     assert info["preset"] == "oracle-pointnav"
-    assert info["trainer"] == "meta_rl.presets:train_oracle_pointnav"
-    assert info["config_class"] == "meta_rl.presets:OracleNavConfig"
+    assert info["trainer"] == "meta_rl.rl.oracle:train_oracle_pointnav"
+    assert info["config_class"] == "meta_rl.rl.oracle:OracleNavConfig"
     assert load_config(tmp_path / "run") == config  # config.json rebuilds the config
     assert "step 2: loss=0.5 eval_return=-3" in (tmp_path / "run" / "log.txt").read_text()
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))

@@ -20,6 +20,7 @@ from meta_rl.core.functional import (
 )
 from meta_rl.core.inner import LearningRate, LossFn, inner_update, sgd_step
 from meta_rl.core.outer import (
+    METASGD_PREFIX,
     MetaLoss,
     adaptation_curve,
     init_metasgd_lrs,
@@ -52,6 +53,7 @@ __all__ = [
     "sgd_step",
     "MetaLoss",
     "adaptation_curve",
+    "METASGD_PREFIX",
     "init_metasgd_lrs",
     "maml_loss",
     "maml_loss_vmapped",

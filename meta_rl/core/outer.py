@@ -127,6 +127,10 @@ def maml_loss_vmapped(
     return MetaLoss(task_losses.mean(), task_losses, {**params, **adapted})
 
 
+METASGD_PREFIX = "inner_lr/"
+"""checkpoint names of Meta-SGD's step sizes: ``inner_lr/<param name>`` (every trainer)"""
+
+
 def init_metasgd_lrs(
     params: Mapping[str, Tensor], value: float, names: Iterable[str] | None = None
 ) -> Params:

@@ -4,7 +4,7 @@
   group (script / alphabet) and source (font file / Omniglot "background" | "evaluation").
 - `split_by_group`: disjoint train/val/test class sets, whole groups at a time, seeded.
 - `load_omniglot(root)`: the standard folder layout, for users who have Omniglot on disk.
-- `load_glyphs(...)`: the offline glyph benchmark (see `meta_rl.fewshot.glyphs`).
+- the offline glyph benchmark is `meta_rl.fewshot.glyphs.load_glyphs` (it builds on `ImageSet`).
 - `EpisodeSampler`: N-way K-shot episodes (`sample`) and MANN label sequences (`sample_sequence`).
 """
 
@@ -382,11 +382,3 @@ def occurrence_index(y: torch.Tensor) -> torch.Tensor:
     onehot = torch.nn.functional.one_hot(y.long()).to(torch.int64)  # [B, L, C]
     seen_before = onehot.cumsum(1) - onehot
     return (seen_before * onehot).sum(-1)
-
-
-def __getattr__(name: str):  # lazy re-export; glyphs imports ImageSet from this module
-    if name in ("load_glyphs", "Jitter"):
-        from meta_rl.fewshot import glyphs
-
-        return getattr(glyphs, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

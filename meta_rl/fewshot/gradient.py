@@ -27,10 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meta_rl import distributed
+from meta_rl import distributed, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import ConfigError, bounds
 from meta_rl.core import (
+    METASGD_PREFIX,
     MetaLoss,
     Params,
     adaptation_curve,
@@ -356,67 +357,56 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
     chunk = config.eval_chunk
     opt = torch.optim.Adam([*params.values(), *lrs.values()], lr=config.outer_lr, fused=True)
 
+    def checkpoint() -> loop.Saved:
+        tensors = {k: v.detach() for k, v in params.items()}
+        tensors.update({METASGD_PREFIX + k: v.detach() for k, v in lrs.items()})
+        return tensors, {"optimizer": opt.state_dict(), "rng": rng_state(gen)}
+
+    def evaluation() -> dict[str, float]:
+        return evaluate(task, params, lr, config.eval_inner_steps, "eval", adapt, chunk)
+
     start = 0
-    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
+    expected = {**params, **{METASGD_PREFIX + k: v for k, v in lrs.items()}}
+    ck = loop.resume(run, dist, device, expected, ("optimizer", "rng"))
     if ck is not None:
         with torch.no_grad():
-            for k, v in params.items():
+            for k, v in expected.items():
                 v.copy_(ck.tensors[k])
-            for k, v in lrs.items():
-                v.copy_(ck.tensors[f"lr/{k}"])
         opt.load_state_dict(ck.state["optimizer"])
         set_rng_state(gen, ck.state["rng"])
         start = ck.step
     dist.broadcast_([*params.values(), *lrs.values()])
-    if run is not None:
-        run.progress(config.iterations, key="train/loss")
-
-    def save(step: int) -> None:
-        if run is None:
-            return
-        tensors = {k: v.detach() for k, v in params.items()}
-        tensors.update({f"lr/{k}": v.detach() for k, v in lrs.items()})
-        run.save(step, tensors, {"optimizer": opt.state_dict(), "rng": rng_state(gen)})
-
-    def log(step: int, metrics: dict[str, float]) -> None:
-        if run is not None:
-            run.log(step, metrics)
-        else:
-            logger.info("step %d: %s", step, metrics)
 
     t0 = time.perf_counter()
-    for it in range(start, config.iterations):
-        support, query = shard.take(task.sample(config.meta_batch_size))  # all drawn, ours kept
-        if algo == "reptile":
-            direction = reptile_direction(
-                task.loss_fn,
-                params,
-                _concat(support, query),
-                lr,
-                config.reptile_steps,
-                factored=task.factored,
-            )
-            direction = {k: dist.all_reduce(d * shard.weight) for k, d in direction.items()}
-            reptile_update_(params, direction, config.reptile_epsilon)
-            train_loss = float(torch.stack([d.pow(2).sum() for d in direction.values()]).sum())
-            key = "train/direction_sq"
-        else:
-            out = task.meta_loss(
-                params, support, query, lr, config.inner_steps, algo == "fomaml", adapt
-            )
-            opt.zero_grad(set_to_none=True)
-            (out.loss * shard.weight).backward()  # this rank's share of the mean over tasks
-            dist.all_reduce_grads([*params.values(), *lrs.values()])
-            opt.step()
-            train_loss = dist.weighted_sum({"l": float(out.loss.detach())}, shard.weight)["l"]
-            key = "train/loss"
-        step = it + 1
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"{algo} diverged at iteration {step} ({key} = {train_loss}); lower inner_lr "
-                f"(now {config.step_size}) or outer_lr / reptile_epsilon"
-            )
-        if step % config.log_every == 0 or step == config.iterations:
+    metrics: dict[str, float] = {}
+    hint = f"Lower inner_lr (now {config.step_size}) or outer_lr / reptile_epsilon."
+    with loop.progress(run, config, start, "train/loss"):
+        for it in range(start, config.iterations):
+            support, query = shard.take(task.sample(config.meta_batch_size))  # ours kept
+            if algo == "reptile":
+                direction = reptile_direction(
+                    task.loss_fn,
+                    params,
+                    _concat(support, query),
+                    lr,
+                    config.reptile_steps,
+                    factored=task.factored,
+                )
+                direction = {k: dist.all_reduce(d * shard.weight) for k, d in direction.items()}
+                reptile_update_(params, direction, config.reptile_epsilon)
+                train_loss = float(torch.stack([d.pow(2).sum() for d in direction.values()]).sum())
+                key = "train/direction_sq"
+            else:
+                out = task.meta_loss(
+                    params, support, query, lr, config.inner_steps, algo == "fomaml", adapt
+                )
+                opt.zero_grad(set_to_none=True)
+                (out.loss * shard.weight).backward()  # this rank's share of the mean over tasks
+                dist.all_reduce_grads([*params.values(), *lrs.values()])
+                opt.step()
+                train_loss = dist.weighted_sum({"l": float(out.loss.detach())}, shard.weight)["l"]
+                key = "train/loss"
+            step = it + 1
             metrics = {
                 key: train_loss,
                 "train/it_per_s": (step - start) / (time.perf_counter() - t0),
@@ -425,19 +415,12 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
                 metrics["train/mean_inner_lr"] = float(
                     torch.cat([v.detach().flatten() for v in lrs.values()]).mean()
                 )
-            log(step, metrics)
-        if config.eval_every and step % config.eval_every == 0 and step != config.iterations:
-            log(step, evaluate(task, params, lr, config.eval_inner_steps, "eval", adapt, chunk))
-        if config.checkpoint_every and step % config.checkpoint_every == 0:
-            save(step)
+            loop.end_step(
+                run, config, step, metrics, expected.values(), evaluation, checkpoint, hint
+            )
 
-    final = evaluate(task, params, lr, config.eval_inner_steps, "eval", adapt, chunk)
+    final = loop.final(metrics, evaluation)
     if config.task == "sine" and config.baseline:
         final.update(pretrained_baseline(config, device))
     final["train/seconds"] = time.perf_counter() - t0
-    log(config.iterations, final)
-    if run is not None:
-        if not config.checkpoint_every or config.iterations % config.checkpoint_every:
-            save(config.iterations)
-        return run.finish(final)
     return final

@@ -21,7 +21,7 @@ memory is written and read step after step, so a run needs ``batch_size >= ranks
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,13 +30,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from meta_rl import distributed
-from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import ConfigError, bounds, choice
 from meta_rl.core.memory import CoreState, MemoryCore
 from meta_rl.fewshot.data import EpisodeSampler, occurrence_index
 from meta_rl.fewshot.metric import (
     GlyphDataConfig,
     episode_shard,
+    fit,
     glyph_splits,
     mean_ci95,
     resolve_device,
@@ -277,8 +277,6 @@ def _train_metrics(
 
 def train(config: MANNConfig, run=None) -> dict[str, float]:
     """Train a MANN on glyph sequences of the train scripts; evaluate on the test scripts."""
-    from meta_rl.runs import due
-
     dist = distributed.context()  # data-parallel ranks (one process: no-ops)
     config = dist.sync_config(config)
     shard = episode_shard(
@@ -310,17 +308,6 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
             config.separate_values,
             config.init_strength,
         ).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-
-    # ---- resume ----------------------------------------------------------------------------
-    start = 0
-    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
-    if ck is not None:
-        model.load_state_dict(ck.tensors)
-        optimizer.load_state_dict(ck.state["optimizer"])
-        set_rng_state(train_sampler.rng, ck.state["train_rng"])
-        start = ck.step
-    dist.broadcast_(model.parameters())
 
     def evaluation() -> dict[str, float]:
         sampler = EpisodeSampler(
@@ -334,40 +321,27 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
         out = evaluate(model, sampler, config.input_size, config.eval_episodes, config.length)
         return {f"test_{k}": v for k, v in out.items()}
 
-    metrics: dict[str, float] = {}
-    progress = run.progress(config.iterations, start, key="accuracy") if run is not None else None
-    try:
-        for it in range(start, config.iterations):
-            step = it + 1
-            # ---- one update on a batch of sequences --------------------------------------
-            # every rank draws the whole batch (same sampler stream) and keeps its sequences
-            batch = train_sampler.sample_sequence(config.batch_size, config.n_way, config.length)
-            x, y = shard.take(batch)
-            logits = model(image_features(x, config.input_size), y)
-            loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
-            optimizer.zero_grad()
-            (loss * shard.weight).backward()  # this rank's share of the mean over sequences
-            dist.all_reduce_grads(model.parameters())  # summed before clipping: the global norm
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            metrics = _train_metrics(dist, logits.detach(), y, loss.item(), shard.weight)
-            # ---- evaluation, logging, checkpoints ---------------------------------------
-            if due(step, config.eval_every, config.iterations):
-                metrics.update(evaluation())
-            if run is not None and due(step, config.log_every, config.iterations):
-                run.log(step, metrics)
-            if run is not None and due(step, config.checkpoint_every, config.iterations):
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "train_rng": rng_state(train_sampler.rng),
-                }
-                run.save(step, model.state_dict(), state)
-    finally:
-        if progress is not None:
-            progress.close()
-    if "test_accuracy" not in metrics:
-        metrics.update(evaluation())
+    def batch_loss() -> tuple[Tensor, Callable[[], dict[str, float]]]:
+        # every rank draws the whole batch (same sampler stream) and keeps its sequences
+        batch = train_sampler.sample_sequence(config.batch_size, config.n_way, config.length)
+        x, y = shard.take(batch)
+        logits = model(image_features(x, config.input_size), y)
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten())
+        return loss, lambda: _train_metrics(dist, logits.detach(), y, loss.item(), shard.weight)
+
+    hint = f"Lower lr (now {config.lr}) or grad_clip, or change the seed."
+    metrics = fit(
+        config,
+        run,
+        dist,
+        model,
+        train_sampler.rng,
+        batch_loss,
+        shard.weight,
+        evaluation,
+        hint,
+        config.grad_clip,
+    )
     log.info(
         "test accuracy by instance: %s",
         " ".join(f"{i}:{metrics.get(f'test_instance_{i}', float('nan')):.3f}" for i in INSTANCES),

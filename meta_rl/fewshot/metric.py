@@ -31,16 +31,18 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meta_rl import distributed
+from meta_rl import distributed, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
-from meta_rl.fewshot.data import EpisodeSampler, ImageSet, load_glyphs, split_by_group
+from meta_rl.fewshot.data import EpisodeSampler, ImageSet, split_by_group
+from meta_rl.fewshot.glyphs import load_glyphs
 from meta_rl.fewshot.models import Conv4, seeded, sync_batchnorm_
 
 log = logging.getLogger(__name__)
@@ -376,6 +378,56 @@ def episode_shard(
     return ctx.shard(total)
 
 
+def fit(
+    config: GlyphDataConfig,
+    run: Any,
+    dist: Any,
+    model: nn.Module,
+    train_rng: np.random.Generator,
+    batch_loss: Callable[[], tuple[Tensor, Callable[[], dict[str, float]]]],
+    weight: float,
+    evaluation: Callable[[], dict[str, float]],
+    hint: str,
+    grad_clip: float = 0.0,
+) -> dict[str, float]:
+    """The supervised few-shot training loop (ProtoNet, Siamese, MANN): Adam (``config.lr``) on
+    ``batch_loss() -> (loss, metrics after the step)``, this rank's share ``weight`` of the
+    batch's mean, gradients summed over ranks (then clipped to ``grad_clip`` if > 0); resume,
+    guard, evaluation, log and checkpoints by :mod:`meta_rl.loop`. ``train_rng`` draws the
+    training batches (it is checkpointed). Returns the final metrics."""
+    device = next(model.parameters()).device
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    def checkpoint() -> loop.Saved:
+        state = {"optimizer": optimizer.state_dict(), "train_rng": rng_state(train_rng)}
+        return model.state_dict(), state
+
+    start = 0
+    ck = loop.resume(run, dist, device, model.state_dict(), ("optimizer", "train_rng"))
+    if ck is not None:
+        model.load_state_dict(ck.tensors)
+        optimizer.load_state_dict(ck.state["optimizer"])
+        set_rng_state(train_rng, ck.state["train_rng"])
+        start = ck.step
+    dist.broadcast_(model.parameters())
+
+    metrics: dict[str, float] = {}
+    with loop.progress(run, config, start, "accuracy"):
+        for it in range(start, config.iterations):
+            loss, summary = batch_loss()
+            optimizer.zero_grad()
+            (loss * weight).backward()  # this rank's share of the mean over the batch
+            dist.all_reduce_grads(model.parameters())  # summed before clipping: the global norm
+            if grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            optimizer.step()
+            metrics = summary()
+            loop.end_step(
+                run, config, it + 1, metrics, model.parameters(), evaluation, checkpoint, hint
+            )
+    return loop.final(metrics, evaluation)
+
+
 def _train_episodic(
     config: EpisodicConfig,
     run,
@@ -385,8 +437,6 @@ def _train_episodic(
 ) -> dict[str, float]:
     """Adam on ``episode_loss(xs, ys, xq, yq) -> (loss, accuracy)`` over training episodes;
     evaluation on the test split (fresh, seeded episodes each time)."""
-    from meta_rl.runs import due
-
     dist = distributed.context()  # data-parallel ranks (one process: no-ops)
     if dist.enabled and config.meta_batch == 1:
         # one episode per update: its images are split over the ranks, and the encoder's
@@ -404,17 +454,6 @@ def _train_episodic(
     device = resolve_device(config.device)
     model = model.to(device)
     train_sampler, test_sampler = _samplers(config, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-
-    # ---- resume ----------------------------------------------------------------------------
-    start = 0
-    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
-    if ck is not None:
-        model.load_state_dict(ck.tensors)
-        optimizer.load_state_dict(ck.state["optimizer"])
-        set_rng_state(train_sampler.rng, ck.state["train_rng"])
-        start = ck.step
-    dist.broadcast_(model.parameters())
 
     def evaluation() -> dict[str, float]:
         # the same test episodes at every evaluation: a fresh sampler with a fixed seed
@@ -434,37 +473,15 @@ def _train_episodic(
         model.train()
         return metrics
 
-    metrics: dict[str, float] = {}
-    progress = run.progress(config.iterations, start, key="accuracy") if run is not None else None
-    try:
-        for it in range(start, config.iterations):
-            step = it + 1
-            # ---- one update on a batch of training episodes -----------------------------
-            # every rank draws the whole batch (same sampler stream) and keeps its episodes
-            xs, ys, xq, yq = shard.take(train_sampler.sample(config.meta_batch))
-            loss, acc = episode_loss(xs, ys, xq, yq)
-            optimizer.zero_grad()
-            (loss * weight).backward()  # this rank's share of the mean over episodes
-            dist.all_reduce_grads(model.parameters())
-            optimizer.step()
-            metrics = dist.weighted_sum({"loss": loss.item(), "accuracy": acc.item()}, weight)
+    def batch_loss() -> tuple[Tensor, Callable[[], dict[str, float]]]:
+        # every rank draws the whole batch (same sampler stream) and keeps its episodes
+        loss, acc = episode_loss(*shard.take(train_sampler.sample(config.meta_batch)))
+        return loss, lambda: dist.weighted_sum(
+            {"loss": loss.item(), "accuracy": acc.item()}, weight
+        )
 
-            # ---- evaluation, logging, checkpoints ---------------------------------------
-            if due(step, config.eval_every, config.iterations):
-                metrics.update(evaluation())
-            if run is not None and due(step, config.log_every, config.iterations):
-                run.log(step, metrics)
-            if run is not None and due(step, config.checkpoint_every, config.iterations):
-                state = {
-                    "optimizer": optimizer.state_dict(),
-                    "train_rng": rng_state(train_sampler.rng),
-                }
-                run.save(step, model.state_dict(), state)
-    finally:
-        if progress is not None:
-            progress.close()
-    if "test_accuracy" not in metrics:
-        metrics.update(evaluation())
+    hint = f"Lower lr (now {config.lr}) or change the seed."
+    metrics = fit(config, run, dist, model, train_sampler.rng, batch_loss, weight, evaluation, hint)
     log.info(
         "test accuracy %.4f +- %.4f (%d-way %d-shot, %d episodes)",
         metrics["test_accuracy"],

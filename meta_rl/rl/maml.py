@@ -28,7 +28,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,16 +35,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from meta_rl import distributed
+from meta_rl import distributed, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
 from meta_rl.core import Params, expand_params, init_metasgd_lrs, inner_update
+from meta_rl.loop import TrainingDiverged
 from meta_rl.policies import distributions as D
 from meta_rl.policies.mlp import MLPPolicy, make_mlp_policy
 from meta_rl.rl.ppo import clipped_surrogate
 from meta_rl.rl.rollout import Episodes, compute_advantages, make_env, sample_episodes
 from meta_rl.rl.trpo import FisherProduct, GaussNewtonKL, LossWithGrad, trpo_step
-from meta_rl.runs import RunError, due
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +62,6 @@ __all__ = [
 LR_PREFIX = "inner_lr/"
 
 
-class TrainingDiverged(RunError):
-    """The loss, the parameters or the KL became NaN/inf or exploded; training stopped."""
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------
 @dataclass
 class MetaPGConfig(BaseConfig):
     """What every meta-policy-gradient trainer shares (MAML family, Reptile): the task family,
@@ -672,12 +664,7 @@ class OuterProblem:
         return (per_task * q.mask.shape[1] / q.mask.sum(1).clamp_min(1.0)).mean()
 
 
-def _stopped(what: str, step: int, detail: str, run: Any) -> TrainingDiverged:
-    where = f" in {run.checkpoint_dir}" if run is not None else ""
-    return TrainingDiverged(
-        f"iteration {step}: {what} ({detail}); training stopped, the last good checkpoint is kept"
-        f"{where}. Lower the step size (max_kl / ppo_lr / inner_lr) or change the seed."
-    )
+HINT = "Lower the step size (max_kl / ppo_lr / inner_lr) or change the seed."
 
 
 # --------------------------------------------------------------------------------------------
@@ -836,7 +823,7 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
         else None
     )
 
-    def snapshot() -> dict[str, Any]:
+    def checkpoint() -> loop.Saved:
         state: dict[str, Any] = {
             "task_rng": rng_state(task_rng),
             "action_rng": rng_state(action_gen),
@@ -844,11 +831,12 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
         }
         if optimizer is not None:
             state["optimizer"] = optimizer.state_dict()
-        return state
+        return {k: v.detach() for k, v in learner.outer_params().items()}, state
 
     # ---- resume ------------------------------------------------------------------------
-    start = 0
-    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
+    start, total_steps = 0, 0.0
+    state_keys = ("task_rng", "action_rng") + (("optimizer",) if optimizer is not None else ())
+    ck = loop.resume(run, dist, device, learner.outer_params(), state_keys)
     if ck is not None:
         with torch.no_grad():
             for k, v in learner.outer_params().items():
@@ -858,20 +846,16 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
         if optimizer is not None:
             optimizer.load_state_dict(ck.state["optimizer"])
         start = ck.step
+        total_steps = float(ck.state.get("env_steps_total", 0.0))
     elif run is not None:  # the meta-untrained policy, for reference
         run.log(0, setup.evaluate())
     dist.broadcast_(learner.outer_params().values())
 
     metrics: dict[str, float] = {}
-    last_saved = start
-    total_steps = float(ck.state.get("env_steps_total", 0.0)) if ck is not None else 0.0
-    progress = run.progress(cfg.iterations, start, "return_post") if run else nullcontext()
-    with progress:
+    with loop.progress(run, cfg, start, "return_post"):
         for it in range(start, cfg.iterations):
             step = it + 1
             t0 = time.perf_counter()
-            before = snapshot()
-            old = {k: v.detach().clone() for k, v in learner.outer_params().items()}
             outer = learner.outer_params()
             T = shard.size  # this rank's tasks
 
@@ -937,22 +921,11 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                 _, kl = objective(outer, False)
                 loss_v, kl_v = dist.all_reduce(torch.stack([loss.detach(), kl.detach()])).tolist()
                 extra = {}
+            if not (kl_v <= cfg.abort_kl):  # a NaN KL too; non-finite losses: loop.end_step
+                what = f"the KL exploded (kl={kl_v:.4g} > abort_kl={cfg.abort_kl})"
+                raise loop.diverged(step, run, what, HINT)
 
-            # ---- divergence checks (before anything is saved) -----------------------------
-            finite = all(bool(torch.isfinite(v).all()) for v in learner.outer_params().values())
-            trouble = None
-            if not finite or not math.isfinite(loss_v):
-                trouble = ("the loss or the parameters became NaN/inf", f"loss={loss_v}")
-            elif not math.isfinite(kl_v) or kl_v > cfg.abort_kl:
-                trouble = ("the KL exploded", f"kl={kl_v:.4g} > abort_kl={cfg.abort_kl}")
-            if trouble is not None:
-                with torch.no_grad():  # back to the last good state
-                    for k, v in learner.outer_params().items():
-                        v.copy_(old[k])
-                if run is not None and last_saved < it:
-                    run.save(it, dict(old), before)
-                raise _stopped(trouble[0], step, trouble[1], run)
-
+            # ---- metrics, then evaluation / log / checkpoint when due ---------------------
             if dist.enabled:  # means over all tasks, steps of all ranks
                 w = shard.weight
                 g = dist.weighted_sum({"pre": returns_pre * w, "post": returns_post * w}, 1.0)
@@ -976,16 +949,5 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                 metrics["inner_lr_mean"] = float(
                     torch.cat([v.detach().reshape(-1) for v in learner.lrs.values()]).mean()
                 )
-            if due(step, cfg.eval_every, cfg.iterations):
-                metrics.update(setup.evaluate())
-            log.debug("iteration %d: %s", step, metrics)
-            if run is not None:
-                if due(step, cfg.log_every, cfg.iterations):
-                    run.log(step, metrics)
-                if due(step, cfg.checkpoint_every, cfg.iterations):
-                    tensors = {k: v.detach() for k, v in learner.outer_params().items()}
-                    run.save(step, tensors, snapshot())
-                    last_saved = step
-    if "eval_return_0" not in metrics:
-        metrics.update(setup.evaluate())
-    return metrics
+            loop.end_step(run, cfg, step, metrics, outer.values(), setup.evaluate, checkpoint, HINT)
+    return loop.final(metrics, setup.evaluate)

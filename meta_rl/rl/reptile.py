@@ -19,19 +19,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from meta_rl import distributed
+from meta_rl import distributed, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import bounds
 from meta_rl.core import expand_params, inner_update, reptile_update_
-from meta_rl.rl.maml import MetaPGConfig, TaskData, _stopped, build_setup
+from meta_rl.rl.maml import MetaPGConfig, TaskData, build_setup
 from meta_rl.rl.rollout import compute_advantages, sample_episodes
-from meta_rl.runs import due
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +61,13 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
     task_rng, action_gen = setup.task_rng, setup.action_gen
     theta = learner.theta
 
-    def snapshot() -> dict[str, Any]:
-        return {"task_rng": rng_state(task_rng), "action_rng": rng_state(action_gen)}
+    def checkpoint() -> loop.Saved:
+        state = {"task_rng": rng_state(task_rng), "action_rng": rng_state(action_gen)}
+        return {k: v.detach() for k, v in theta.items()}, state
 
     # ---- resume ------------------------------------------------------------------------
     start = 0
-    ck = dist.load_last(run, device)  # rank 0 reads the run's checkpoint, the others receive it
+    ck = loop.resume(run, dist, device, theta, ("task_rng", "action_rng"))
     if ck is not None:
         with torch.no_grad():
             for k, v in theta.items():
@@ -81,14 +80,11 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
     dist.broadcast_(theta.values())
 
     metrics: dict[str, float] = {}
-    last_saved = start
-    progress = run.progress(cfg.iterations, start, "return_last") if run else nullcontext()
-    with progress:
+    hint = f"Lower outer_lr (now {cfg.outer_lr}) or inner_lr (now {cfg.inner_lr})."
+    with loop.progress(run, cfg, start, "return_last"):
         for it in range(start, cfg.iterations):
             step = it + 1
             t0 = time.perf_counter()
-            before = snapshot()
-            old = {k: v.detach().clone() for k, v in theta.items()}
             T = shard.size  # this rank's tasks
 
             # ---- 1. tasks --------------------------------------------------------------
@@ -117,14 +113,7 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
             direction = {k: dist.all_reduce(d * shard.weight) for k, d in direction.items()}
             reptile_update_(theta, direction, eps)
 
-            if not all(bool(torch.isfinite(v).all()) for v in theta.values()):
-                with torch.no_grad():
-                    for k, v in theta.items():
-                        v.copy_(old[k])
-                if run is not None and last_saved < it:
-                    run.save(it, old, before)
-                raise _stopped("the parameters became NaN/inf", step, f"outer_lr={eps}", run)
-
+            # ---- metrics, then evaluation / log / checkpoint when due -----------------
             if dist.enabled:  # means over all tasks, steps of all ranks
                 w = shard.weight
                 g = dist.weighted_sum({"pre": returns[0] * w, "last": returns[-1] * w}, 1.0)
@@ -140,15 +129,5 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
                 "env_steps": float(env_steps),
                 "steps_per_second": env_steps / seconds,
             }
-            if due(step, cfg.eval_every, cfg.iterations):
-                metrics.update(setup.evaluate())
-            log.debug("iteration %d: %s", step, metrics)
-            if run is not None:
-                if due(step, cfg.log_every, cfg.iterations):
-                    run.log(step, metrics)
-                if due(step, cfg.checkpoint_every, cfg.iterations):
-                    run.save(step, {k: v.detach() for k, v in theta.items()}, snapshot())
-                    last_saved = step
-    if "eval_return_0" not in metrics:
-        metrics.update(setup.evaluate())
-    return metrics
+            loop.end_step(run, cfg, step, metrics, theta.values(), setup.evaluate, checkpoint, hint)
+    return loop.final(metrics, setup.evaluate)

@@ -34,7 +34,7 @@ from meta_rl_envs.batched import resolve_device
 from meta_rl_envs.registry import check_id, make_batched
 from meta_rl_envs.wrappers import BatchedTrialEnv
 
-from meta_rl import distributed
+from meta_rl import distributed, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds
 from meta_rl.policies import distributions as D
@@ -369,7 +369,6 @@ def reference_returns(config: RL2Config, num_tasks: int, seed: int) -> dict[str,
 def train(config: RL2Config, run=None) -> dict[str, float]:
     """RL^2 + PPO over whole trials. ``run`` (a :class:`meta_rl.runs.Run` or ``None``) receives
     metrics and checkpoints; returns the final metrics (evaluation and references included)."""
-    from meta_rl.runs import due
 
     dist = distributed.context()  # data-parallel ranks (one process: no-ops)
     config = dist.sync_config(config)
@@ -390,9 +389,25 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
     optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
     space = env.single_action_space
 
+    def checkpoint() -> loop.Saved:
+        state = {
+            "optimizer": optimizer.state_dict(),
+            "task_rng": rng_state(task_rng),
+            "action_rng": rng_state(action_gen),
+            "env_seed_rng": rng_state(env_seed_gen),
+            "perm_rng": rng_state(perm_gen),
+            "env_steps": env_steps,
+        }
+        return policy.state_dict(), state
+
+    def evaluation() -> dict[str, float]:
+        res = evaluate(config, policy, eval_env, config.seed + 5)
+        return {"eval_return": res["mean"], "eval_ci95": res["ci95"]}
+
     # ---- resume --------------------------------------------------------------------------
     start, env_steps = 0, 0
-    ck = dist.load_last(run, device)
+    keys = ("optimizer", "task_rng", "action_rng", "env_seed_rng", "perm_rng", "env_steps")
+    ck = loop.resume(run, dist, device, policy.state_dict(), keys)
     if ck is not None:
         policy.load_state_dict(ck.tensors)
         optimizer.load_state_dict(ck.state["optimizer"])
@@ -403,31 +418,14 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
         start = ck.step
         env_steps = int(ck.state["env_steps"])
 
-    def checkpoint(step: int) -> None:
-        if run is None:
-            return
-        state = {
-            "optimizer": optimizer.state_dict(),
-            "task_rng": rng_state(task_rng),
-            "action_rng": rng_state(action_gen),
-            "env_seed_rng": rng_state(env_seed_gen),
-            "perm_rng": rng_state(perm_gen),
-            "env_steps": env_steps,
-        }
-        run.save(step, policy.state_dict(), state)
-
-    def evaluation() -> dict[str, float]:
-        res = evaluate(config, policy, eval_env, config.seed + 5)
-        return {"eval_return": res["mean"], "eval_ci95": res["ci95"]}
-
     metrics: dict[str, float] = {}
     start_steps = env_steps
     sample_time = update_time = 0.0
     dist.broadcast_(policy.state_dict().values())
     num_rows = shard.total * config.envs_per_task  # rows of the whole batch (all ranks)
     mb_size = num_rows // config.minibatches
-    progress = run.progress(config.iterations, start, key="return") if run is not None else None
-    try:
+    hint = f"Lower lr (now {config.lr}) or max_grad_norm, or change the seed."
+    with loop.progress(run, config, start, "return"):
         for it in range(start, config.iterations):
             step = it + 1
             frac = it / max(config.iterations - 1, 1)
@@ -490,7 +488,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
             sample_time += t1 - t0
             update_time += t2 - t1
 
-            # ---- logging, evaluation, checkpoints ----------------------------------------
+            # ---- metrics, then evaluation / log / checkpoint when due -------------------
             metrics = {
                 "return": float(trials.totals().mean()),
                 "policy_loss": info.policy_loss,
@@ -503,24 +501,12 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
             }
             metrics.update(dist.weighted_sum({"return": metrics["return"]}, shard.weight))
             metrics.update(dist.weighted_sum(vars(info), float(share)))  # the last minibatch's
-            if due(step, config.eval_every, config.iterations):
-                metrics.update(evaluation())
-            if run is not None and due(step, config.log_every, config.iterations):
-                run.log(step, metrics)
-            elif due(step, config.log_every, config.iterations):
-                log.info(
-                    "iteration %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items())
-                )
-            if due(step, config.checkpoint_every, config.iterations):
-                checkpoint(step)
-    finally:
-        if progress is not None:
-            progress.close()
+            loop.end_step(
+                run, config, step, metrics, policy.parameters(), evaluation, checkpoint, hint
+            )
 
     # ---- final evaluation beside the references ------------------------------------------
-    if "eval_return" not in metrics:
-        metrics.update(evaluation())
-    final = dict(metrics)
+    final = loop.final(metrics, evaluation)
     other = evaluate(config, policy, eval_env, config.seed + 5, not config.eval_deterministic)
     tag = "sampled" if config.eval_deterministic else "mode"
     final[f"eval_return_{tag}"], final[f"eval_ci95_{tag}"] = other["mean"], other["ci95"]
