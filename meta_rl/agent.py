@@ -44,7 +44,6 @@ from meta_rl.checkpoint import (
     checkpoint_sidecar,
     load_checkpoint,
     load_usable_checkpoint,
-    restore_tensors,
 )
 from meta_rl.policies import distributions as D
 from meta_rl.rl.maml import AdaptationCurve, adaptation_curve
@@ -299,8 +298,19 @@ def _import_trainers() -> None:
     import meta_rl.fewshot.metric  # noqa: F401
     import meta_rl.presets  # noqa: F401  (every preset's trainer)
     import meta_rl.rl.maml  # noqa: F401
+    import meta_rl.rl.oracle  # noqa: F401
     import meta_rl.rl.reptile  # noqa: F401
     import meta_rl.rl.rl2  # noqa: F401
+
+
+def _restore(ck: Checkpoint, named: dict[str, Tensor]) -> None:
+    """Copy the checkpoint's tensors into ``named`` after the check a resume makes."""
+    from meta_rl.loop import check_checkpoint
+
+    check_checkpoint(ck, named)
+    with torch.no_grad():
+        for k, v in named.items():
+            v.copy_(ck.tensors[k])
 
 
 def _as_batch(obs: Any, size: int, what: str) -> tuple[np.ndarray, bool]:
@@ -445,7 +455,7 @@ class GradientAgent(Agent):
             init_log_std=config.init_log_std,
         )
         self.learner = MetaLearner(self.policy, config)
-        restore_tensors(ck, self.learner.outer_params())
+        _restore(ck, self.learner.outer_params())
         self.params: dict[str, Tensor] = self.policy.params(detach=True)
         """the params ``predict`` acts with (the meta-params, or adapted ones)"""
 
@@ -618,7 +628,7 @@ class MemoryAgent(Agent):
         self.horizon = int(env.horizon)
         self.max_trial_length = int(env.max_trial_length)
         self.policy = make_policy(config, env, config.seed + 1)
-        restore_tensors(ck, dict(self.policy.state_dict()))
+        _restore(ck, dict(self.policy.state_dict()))
         self.policy.eval()
         self.warm_state: Any = None
         """the memory after :meth:`adapt` (None: a fresh trial)"""

@@ -29,7 +29,7 @@ import os
 import re
 import tempfile
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -516,54 +516,3 @@ def load_usable_checkpoint(directory: str | Path, device: str | torch.device = "
             )
         return ck
     raise errors[0][1]
-
-
-# --------------------------------------------------------------------------------------------
-# Checking a checkpoint against what a trainer or agent expects
-# --------------------------------------------------------------------------------------------
-def check_tensors(ck: Checkpoint, expected: Mapping[str, torch.Tensor]) -> None:
-    """Raise :class:`CheckpointError` unless ``ck.tensors`` has exactly the names of
-    ``expected`` (e.g. a model's ``state_dict()`` or a learner's parameters) with the same
-    shapes. A trainer's resume calls it before copying anything."""
-    missing = sorted(set(expected) - set(ck.tensors))
-    unexpected = sorted(set(ck.tensors) - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {missing}")
-        if unexpected:
-            parts.append(f"unexpected tensors {unexpected}")
-        raise CheckpointError(
-            f"checkpoint {str(ck.path)!r} does not fit the model its run's config describes: "
-            f"{'; '.join(parts)}"
-        )
-    for k, want in expected.items():
-        got = ck.tensors[k]
-        if tuple(got.shape) != tuple(want.shape):
-            raise CheckpointError(
-                f"checkpoint {str(ck.path)!r}: tensor {k!r} has shape {tuple(got.shape)}, the "
-                f"model needs {tuple(want.shape)}"
-            )
-
-
-def restore_tensors(ck: Checkpoint, named: Mapping[str, torch.Tensor]) -> None:
-    """:func:`check_tensors`, then copy each checkpoint tensor into ``named[k]`` in place."""
-    check_tensors(ck, named)
-    with torch.no_grad():
-        for k, v in named.items():
-            v.copy_(ck.tensors[k])
-
-
-def check_state(ck: Checkpoint, keys: Iterable[str]) -> None:
-    """Raise :class:`CheckpointError` unless ``ck.state`` holds every key of ``keys`` (e.g. the
-    optimizer and RNG states the trainer saves); generator states must be well formed."""
-    missing = [k for k in keys if k not in ck.state]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint {str(ck.path)!r} lacks the trainer state {missing} (it holds "
-            f"{sorted(ck.state)}): it was written by another trainer or damaged"
-        )
-    for k in keys:
-        v = ck.state[k]
-        if isinstance(v, Mapping) and v.get("kind") in ("numpy", "torch") and "state" not in v:
-            raise CheckpointError(f"checkpoint {str(ck.path)!r}: generator state {k!r} is empty")

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from meta_rl.presets import OracleNavConfig
+from meta_rl.rl.oracle import OracleNavConfig
 from meta_rl.runlock import LOCK_FILE
 from meta_rl.runs import Run, RunError, read_metrics
 
@@ -35,7 +35,7 @@ def holder(tmp_path):
     code = textwrap.dedent(
         f"""
         import sys
-        import meta_rl.presets  # the config classes a run folder may name
+        import meta_rl.rl.oracle  # the config class this run folder names
         from meta_rl.runs import Run
         run = Run.resume({str(tmp_path / "run")!r})
         print("holding", flush=True)

@@ -239,7 +239,7 @@ def test_oracle_trainer_learns(tmp_path, one_thread):
 EVIL = """
 from pathlib import Path
 Path(__file__).with_name("PWNED").write_text("evil_cfg ran")
-from meta_rl.presets import OracleNavConfig as Cfg
+from meta_rl.rl.oracle import OracleNavConfig as Cfg
 """
 
 
