@@ -41,13 +41,12 @@ from torch import Tensor, nn
 
 from meta_rl.checkpoint import (
     Checkpoint,
-    checkpoint_sidecar,
     load_checkpoint,
     load_usable_checkpoint,
 )
 from meta_rl.policies import distributions as D
 from meta_rl.rl.maml import AdaptationCurve, adaptation_curve
-from meta_rl.runs import CONFIG_FILE, RunError, load_config, read_run
+from meta_rl.runs import RunError, load_config, read_run, run_of_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +241,7 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     path = Path(getattr(path_or_run, "path", path_or_run))
     sidecar = None
     if path.is_file():
-        sidecar, path = _checkpoint_file(path)
+        sidecar, path = run_of_checkpoint(path)
     elif not path.exists():
         raise RunError(f"run folder {str(path)!r} does not exist")
     info = read_run(path)
@@ -276,18 +275,6 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     else:
         agent = MemoryAgent(path, info, config, ck)
     return agent.to(device)
-
-
-def _checkpoint_file(path: Path) -> tuple[Path, Path]:
-    """(sidecar, run folder) of a checkpoint file given to :func:`load`."""
-    sidecar = checkpoint_sidecar(path)
-    folder = sidecar.parent
-    if folder.name != "checkpoints" or not (folder.parent / CONFIG_FILE).exists():
-        raise RunError(
-            f"checkpoint {str(path)!r} is not inside a run folder's checkpoints/ folder: the "
-            "run's config.json is needed to rebuild the policy"
-        )
-    return sidecar, folder.parent
 
 
 def _import_trainers() -> None:

@@ -46,6 +46,7 @@ from meta_rl.checkpoint import (
     Checkpoint,
     CheckpointError,
     atomic_write,
+    checkpoint_sidecar,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -153,6 +154,19 @@ def load_config(path: str | Path) -> BaseConfig:
         return cls.from_dict(values)
     except ConfigError as err:
         raise RunError(f"config of run {str(path)!r} is not valid: {err}") from err
+
+
+def run_of_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(sidecar, run folder) of a checkpoint file: a run's ``checkpoints/step_*.json`` or the
+    ``.safetensors`` file one of them names."""
+    sidecar = checkpoint_sidecar(path)
+    folder = sidecar.parent
+    if folder.name != "checkpoints" or not (folder.parent / CONFIG_FILE).exists():
+        raise RunError(
+            f"checkpoint {str(path)!r} is not inside a run folder's checkpoints/ folder: the "
+            "run's config.json is needed to rebuild the policy"
+        )
+    return sidecar, folder.parent
 
 
 # --------------------------------------------------------------------------------------------
