@@ -353,6 +353,8 @@ def test_save_refuses_non_finite_tensors_and_keeps_the_last_finite_checkpoint(tm
     m = torch.tensor([float("inf")])
     with pytest.raises(CheckpointError, match="NaN or inf in tensor 'state/adam/m'"):
         save_checkpoint(tmp_path, 2, {"w": torch.ones(3)}, {"adam": {"m": m}}, keep=1)
+    big = torch.full((4,), 3e38)  # finite elements whose sum overflows: still saved
+    assert ckpt.non_finite({"big": big, "n": torch.arange(3)}) == []
     # nothing of step 2 on disk, and keep=1 did not prune the last finite checkpoint
     assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
     assert len(list(tmp_path.glob("*.safetensors"))) == 1
