@@ -246,16 +246,9 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
 
 
 def _import_trainers() -> None:
-    """Import the package's trainer modules so that every config class of meta-rl is known
-    to :func:`meta_rl.config.config_class` (a run folder only names one; we never import it)."""
-    import meta_rl.fewshot.gradient  # noqa: F401
-    import meta_rl.fewshot.mann  # noqa: F401
-    import meta_rl.fewshot.metric  # noqa: F401
-    import meta_rl.presets  # noqa: F401  (every preset's trainer)
-    import meta_rl.rl.maml  # noqa: F401
-    import meta_rl.rl.oracle  # noqa: F401
-    import meta_rl.rl.reptile  # noqa: F401
-    import meta_rl.rl.rl2  # noqa: F401
+    """Import the preset table (it imports every trainer) so that each of meta-rl's config
+    classes is known to :func:`meta_rl.config.config_class`: a run folder only names one."""
+    import meta_rl.presets  # noqa: F401
 
 
 def _restore(ck: Checkpoint, named: dict[str, Tensor]) -> None:

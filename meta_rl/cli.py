@@ -269,11 +269,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {p.summary}")
         return 0
     p = get_preset(args.name)
-    cls = p.config_class()
+    cls = p.config
     config = p.make_config()
     print(f"{p.name}: {p.summary}")
-    print(f"  trainer: {p.trainer}")
-    print(f"  config:  {p.config}")
+    print(f"  trainer: {p.trainer}{'  (data-parallel under torchrun)' if p.data_parallel else ''}")
+    print(f"  config:  {cls.__module__}:{cls.__qualname__}")
     if p.overrides:
         print(f"  preset values: {json.dumps(dict(p.overrides))}")
     print("  fields (value in this preset; --set key=value to change):")
@@ -327,7 +327,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             stored = read_run(out)
             name = name if name is not None else stored["preset"]
             preset = get_preset(name)
-            trainer = preset.load_trainer()
+            trainer = preset.train
             overrides = {**values, **dict(_pairs(args.set))}
             device = overrides.get("device", stored["config"].get("device", "auto"))
             check_device(str(device), "--set device")
@@ -341,14 +341,16 @@ def cmd_train(args: argparse.Namespace) -> int:
             if name is None:
                 raise RunError(nothing_to_resume(out))
             preset = get_preset(name)
-            trainer = preset.load_trainer()
+            trainer = preset.train
             config = preset.make_config(values, args.set)  # validated before anything is created
             check_device(config.device, "--set device")
             out = out if out is not None else _default_out(name)
             if args.resume:
                 log.warning("nothing to resume in %s (no run there): starting a new run", out)
             fresh = not out.exists()
-            run = Run.create(out, name, config, show_progress=not args.no_progress)
+            run = Run.create(
+                out, name, config, trainer=preset.trainer, show_progress=not args.no_progress
+            )
     except OSError as err:
         raise RunError(os_error_text(err, out, started=False)) from err
 
@@ -556,10 +558,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from meta_rl import distributed
+    """The ``meta-rl`` command (``python -m meta_rl``). Started by torchrun as one rank of
+    several, this process first joins the process group (:func:`meta_rl.launch.main`)."""
+    from meta_rl import collectives
 
-    if distributed.pending():  # launched by torchrun: rank-aware entry (one run-folder writer)
-        return distributed.main(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if collectives.pending():  # one rank of a torchrun job: one run-folder writer, followers
+        from meta_rl import launch
+
+        return launch.main(argv, _run_command, _train_preset, _user_error_types())
+    return _run_command(argv)
+
+
+def _run_command(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     bar = args.command in ("train", "evaluate") and not args.no_progress and sys.stderr.isatty()
@@ -575,6 +586,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f": {err.filename}" if err.filename else ""
         print(f"meta-rl: error: {err.strerror or err}{where}", file=sys.stderr)
         return 2
+
+
+def _train_preset(argv: list[str]) -> str | None:
+    """The preset a ``train`` command line runs (``None``: not a train command, or one that
+    :func:`_run_command` will reject with a message)."""
+    from meta_rl.runs import read_run
+
+    try:
+        args, _ = build_parser().parse_known_args(argv)
+        if args.command != "train":
+            return None
+        if args.spec:
+            return _read_spec(args.spec)[0]
+        if args.out and (Path(args.out) / CONFIG_FILE).exists():
+            return read_run(args.out)["preset"]
+    except (SystemExit, Exception):  # the command reports it on rank 0
+        return None
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

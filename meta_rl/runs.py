@@ -293,11 +293,8 @@ class Run:
     # -- building ------------------------------------------------------------------------
     @staticmethod
     def describe(preset: str, config: BaseConfig, trainer: str | None = None) -> dict[str, Any]:
-        """The ``config.json`` content of a run of ``preset`` with ``config``."""
-        if trainer is None:
-            from meta_rl.presets import PRESETS
-
-            trainer = PRESETS[preset].trainer if preset in PRESETS else None
+        """The ``config.json`` content of a run of ``preset`` with ``config``; ``trainer``: the
+        trainer's stable name (``Preset.trainer``) when the caller knows it."""
         from meta_rl._version import __version__
 
         return {

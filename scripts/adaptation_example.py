@@ -38,8 +38,8 @@ def train_run(path: Path, seed: int) -> float:
     preset = get_preset(PRESET)
     config = preset.make_config({"seed": seed, "device": "cpu"})
     start = time.perf_counter()
-    with Run.create(path, PRESET, config, show_progress=True) as run:
-        final = preset.load_trainer()(run.config, run)
+    with Run.create(path, PRESET, config, trainer=preset.trainer, show_progress=True) as run:
+        final = preset.train(run.config, run)
         run.finish(final)
     seconds = time.perf_counter() - start
     print(

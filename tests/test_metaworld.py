@@ -226,7 +226,7 @@ def train_preset(name: str, overrides: list[str]):
     preset = get_preset(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the passive checker on the hidden goal's bounds
-        return dict(preset.load_trainer()(preset.make_config(overrides=overrides), None))
+        return dict(preset.train(preset.make_config(overrides=overrides), None))
 
 
 @pytest.mark.parametrize("name", ["maml-trpo-ml1-reach", "maml-ppo-ml1-reach"])
@@ -269,7 +269,7 @@ def test_evaluation_reports_success_rate_on_test_goals(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Run.create(tmp_path / "run", preset.name, config) as run:
-            preset.load_trainer()(run.config, run)
+            preset.train(run.config, run)
         report = evaluate(
             tmp_path / "run", split="test", tasks=2, budget=1, baselines=("none",), episodes=1
         )

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ SMALL = dict(
 
 def test_create_log_growing_columns_and_describe(tmp_path):
     config = OracleNavConfig(**SMALL)
-    with Run.create(tmp_path / "run", "oracle-pointnav", config) as run:
+    trainer = get_preset("oracle-pointnav").trainer
+    with Run.create(tmp_path / "run", "oracle-pointnav", config, trainer=trainer) as run:
         run.log(1, {"loss": 1.0})
         run.log(2, {"loss": torch.tensor(0.5), "eval_return": -3.0})  # a new column appears
         run.log(3, {"loss": 0.25})
@@ -150,14 +152,12 @@ def test_resume_allows_only_schedule_changes(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["iterations"] == 20
 
 
-def test_preset_table_is_lazy_and_errors_are_clear():
+def test_preset_table_holds_trainers_and_errors_are_clear():
     with pytest.raises(PresetError, match="unknown preset 'mam-sine'; did you mean 'maml-sine'"):
         get_preset("mam-sine")
-    broken = get_preset("maml-sine").__class__(
-        "broken", "meta_rl.no_such_module:train", "meta_rl.no_such_module:Config"
-    )
-    with pytest.raises(PresetError, match="preset 'broken' cannot be used.*no_such_module"):
-        broken.load_trainer()
+    broken = replace(get_preset("oracle-pointnav"), name="broken", overrides={"lr": -1.0})
+    with pytest.raises(PresetError, match="preset 'broken' does not fit .*OracleNavConfig.*lr"):
+        broken.make_config()
     p = get_preset("oracle-pointnav")
     assert p.make_config({"lr": 0.5}, ["seed=4"]) == OracleNavConfig(lr=0.5, seed=4)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from meta_rl_envs.stats import mean_ci95
 from torch import Tensor, nn
 
-from meta_rl import distributed, loop
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import ConfigError, bounds
 from meta_rl.core import (
@@ -338,7 +338,7 @@ def train(config: GradientFewShotConfig, run: Any = None) -> dict[str, float]:
         raise TypeError(f"config must be a GradientFewShotConfig, got {type(config).__name__}")
     from meta_rl_envs.batched import resolve_device
 
-    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     config = dist.sync_config(config)
     shard = dist.shard(config.meta_batch_size)  # this rank's tasks of each meta-batch
     device = resolve_device(config.device)

@@ -11,7 +11,7 @@ high from the 2nd on.
 Images are box-downsampled to ``input_size`` x ``input_size`` and flattened (the paper feeds
 20x20 pixels to the controller).
 
-Data-parallel (``torchrun``, :mod:`meta_rl.distributed`): the ``batch_size`` sequences of an
+Data-parallel (``torchrun``, :mod:`meta_rl.collectives`): the ``batch_size`` sequences of an
 update are split over the ranks (every rank draws the whole batch from the shared seeded
 sampler and keeps its sequences; losses are weighted by the rank's share and gradients summed
 before clipping), so N ranks take the single-process step. A sequence is never split: its
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from meta_rl_envs.stats import mean_ci95
 from torch import Tensor, nn
 
-from meta_rl import distributed
+from meta_rl import collectives
 from meta_rl.config import ConfigError, bounds, choice
 from meta_rl.core.memory import CoreState, MemoryCore
 from meta_rl.fewshot.data import EpisodeSampler, occurrence_index
@@ -248,7 +248,7 @@ def evaluate(
 # training
 # ---------------------------------------------------------------------------------------------
 def _train_metrics(
-    dist: distributed.Context, logits: Tensor, y: Tensor, loss: float, weight: float
+    dist: collectives.Context, logits: Tensor, y: Tensor, loss: float, weight: float
 ) -> dict[str, float]:
     """Loss, accuracy and accuracy on the 1st / 2nd instance of the whole batch (this rank's
     sequences with one process; summed over ranks' shares, counts included, otherwise)."""
@@ -278,7 +278,7 @@ def _train_metrics(
 
 def train(config: MANNConfig, run=None) -> dict[str, float]:
     """Train a MANN on glyph sequences of the train scripts; evaluate on the test scripts."""
-    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     config = dist.sync_config(config)
     shard = episode_shard(
         dist, config.batch_size, "batch_size", "a sequence's memory is written and read in order"
