@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,11 @@ from meta_rl_envs.registry import check_id, make_env
 from meta_rl_envs.wrappers import BatchedTrialEnv
 from torch import Tensor
 
-from meta_rl.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from meta_rl.checkpoint import Checkpoint, load_checkpoint, load_usable_checkpoint
 from meta_rl.export import flatten_state, script_mlp, script_recurrent, unflatten_state
 from meta_rl.policies import distributions as D
 from meta_rl.rl.maml import adaptation_curve
-from meta_rl.runs import RunError, load_config, read_run
+from meta_rl.runs import RunError, load_config, read_run, run_of_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -178,44 +177,65 @@ def _select_state(mask: Tensor, new: Any, old: Any) -> Any:
 # --------------------------------------------------------------------------------------------
 def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> Agent:
     """The agent of a run folder (a path or a :class:`meta_rl.runs.Run`), from its
-    ``config.json`` and the tensors of its newest checkpoint."""
+    ``config.json`` and the tensors of its newest usable checkpoint (a damaged newest one is
+    skipped with a warning naming both), or of one checkpoint file (its ``step_*.json``
+    sidecar or its ``.safetensors`` file inside the run's ``checkpoints/`` folder).
+
+    A run folder is data: nothing it names is imported, and weights holding NaN or inf are
+    refused."""
     path = Path(getattr(path_or_run, "path", path_or_run))
+    sidecar = None
+    if path.is_file():
+        sidecar, path = run_of_checkpoint(path)
+    elif not path.exists():
+        raise RunError(f"run folder {str(path)!r} does not exist")
     info = read_run(path)
+    _import_trainers()
     config = load_config(path)
-    ck = load_checkpoint(path / "checkpoints", device="cpu")
+    from meta_rl.fewshot.metric import GlyphData
     from meta_rl.rl.maml import MetaPGConfig
     from meta_rl.rl.rl2 import RL2Config
 
-    if isinstance(config, MetaPGConfig):
-        agent: Agent = GradientAgent(path, info, config, ck)
-    elif isinstance(config, RL2Config):
-        agent = MemoryAgent(path, info, config, ck)
-    else:
+    if isinstance(config, GlyphData):
         raise RunError(
-            f"run {str(path)!r} (preset {info.get('preset')!r}, config {info['config_class']!r}) "
+            f"run {str(path)!r} (preset {info['preset']!r}) is a supervised few-shot run, not a "
+            "meta-RL agent: its held-out evaluation is in its final.json (the trainer's own, "
+            "on held-out tasks; eval_* settings size it), and `python "
+            "scripts/fewshot_results.py` evaluates few-shot presets on 1,000 held-out episodes. "
+            "meta_rl.load and meta-rl evaluate read MAML / Meta-SGD / Reptile and RL^2 runs"
+        )
+    if not isinstance(config, (MetaPGConfig, RL2Config)):
+        raise RunError(
+            f"run {str(path)!r} (preset {info['preset']!r}, config {info['config_class']!r}) "
             "is not a meta-RL agent; meta_rl.load reads runs of the MAML / Meta-SGD / Reptile "
             "trainers (meta_rl.rl.maml, meta_rl.rl.reptile) and of RL^2 (meta_rl.rl.rl2)"
         )
+    if sidecar is not None:
+        ck = load_checkpoint(sidecar, device="cpu")
+    else:
+        ck = load_usable_checkpoint(path / "checkpoints", device="cpu")
+    agent: Agent
+    if isinstance(config, MetaPGConfig):
+        agent = GradientAgent(path, info, config, ck)
+    else:
+        agent = MemoryAgent(path, info, config, ck)
     return agent.to(device)
 
 
-def _copy_into(named: Mapping[str, Tensor], tensors: Mapping[str, Tensor], ck: Checkpoint) -> None:
-    """Copy checkpoint tensors into ``named`` (same names, same shapes) or raise naming the file."""
-    missing = sorted(set(named) - set(tensors))
-    unexpected = sorted(set(tensors) - set(named))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {str(ck.path)!r} does not fit the policy its config.json describes: "
-            f"missing tensors {missing}, unexpected tensors {unexpected}"
-        )
+def _import_trainers() -> None:
+    """Import the preset table (it imports every trainer) so that each of meta-rl's config
+    classes is known to :func:`meta_rl.config.config_class`: a run folder only names one."""
+    import meta_rl.presets  # noqa: F401
+
+
+def _restore(ck: Checkpoint, named: dict[str, Tensor]) -> None:
+    """Copy the checkpoint's tensors into ``named`` after the check a resume makes."""
+    from meta_rl.loop import check_checkpoint
+
+    check_checkpoint(ck, named)
     with torch.no_grad():
         for k, v in named.items():
-            if tuple(v.shape) != tuple(tensors[k].shape):
-                raise CheckpointError(
-                    f"checkpoint {str(ck.path)!r}: tensor {k!r} has shape "
-                    f"{tuple(tensors[k].shape)}, the policy needs {tuple(v.shape)}"
-                )
-            v.copy_(tensors[k])
+            v.copy_(ck.tensors[k])
 
 
 def _as_batch(obs: Any, size: int, what: str) -> tuple[np.ndarray, bool]:
@@ -358,7 +378,7 @@ class GradientAgent(Agent):
             init_log_std=config.init_log_std,
         )
         self.learner = MetaLearner(self.policy, config)
-        _copy_into(self.learner.outer_params(), ck.tensors, ck)
+        _restore(ck, self.learner.outer_params())
         self.params: dict[str, Tensor] = self.policy.params(detach=True)
         """the params ``predict`` acts with (the meta-params, or adapted ones)"""
 
@@ -464,7 +484,7 @@ class MemoryAgent(Agent):
         self.horizon = int(env.horizon)
         self.max_trial_length = int(env.max_trial_length)
         self.policy = make_policy(config, env, config.seed + 1)
-        _copy_into(dict(self.policy.state_dict()), ck.tensors, ck)
+        _restore(ck, dict(self.policy.state_dict()))
         self.policy.eval()
         self.warm_state: Any = None
         """the memory after :meth:`adapt` (None: a fresh trial)"""

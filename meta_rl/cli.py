@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from meta_rl.checkpoint import CheckpointError
+from meta_rl.cli_errors import check_device, nothing_to_resume, os_error_text, training_error
 from meta_rl.config import ConfigError, describe, load_yaml
 from meta_rl.presets import PRESETS, PresetError, get_preset
-from meta_rl.runs import CONFIG_FILE, Run, RunError
+from meta_rl.runs import CONFIG_FILE, Run, RunError, RunFinished, read_run
 
 log = logging.getLogger("meta_rl.cli")
 
@@ -238,6 +239,7 @@ def _short_task(task: dict[str, Any]) -> str:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    check_device(args.device, "--device")
     result = random_rollout(
         args.env, args.tasks, args.envs_per_task, args.steps, args.seed, args.device, args.split
     )
@@ -320,35 +322,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --out DIR, the run folder to continue")
     name, values = _read_spec(args.spec) if args.spec else (None, {})
     out = Path(args.out) if args.out else None
-
-    if args.resume and out is not None and (out / CONFIG_FILE).exists():
-        from meta_rl.runs import read_run
-
-        stored = read_run(out)["preset"]
-        if name is None:
-            name = stored
-        preset = get_preset(name)
-        trainer = preset.train
-        overrides = {**values, **dict(_pairs(args.set))}
-        run = Run.resume(out, overrides, preset=name, show_progress=not args.no_progress)
-    else:
-        if name is None:
-            raise RunError(f"nothing to resume in {str(out)!r} and no preset given")
-        preset = get_preset(name)
-        trainer = preset.train
-        config = preset.make_config(values, args.set)  # validated before anything is created
-        out = out if out is not None else _default_out(name)
-        if args.resume:
-            log.info("no run in %s yet: starting one", out)
-        fresh = not out.exists()
-        run = Run.create(
-            out, name, config, trainer=preset.trainer, show_progress=not args.no_progress
-        )
+    fresh = False  # whether this command creates the run folder
+    try:
+        if args.resume and out is not None and (out / CONFIG_FILE).exists():
+            stored = read_run(out)
+            name = name if name is not None else stored["preset"]
+            preset = get_preset(name)
+            trainer = preset.train
+            overrides = {**values, **dict(_pairs(args.set))}
+            device = overrides.get("device", stored["config"].get("device", "auto"))
+            check_device(str(device), "--set device")
+            try:
+                run = Run.resume(out, overrides, preset=name, show_progress=not args.no_progress)
+            except RunFinished as done:
+                print(f"meta-rl: {done}", file=sys.stderr)
+                print(json.dumps({"run": str(out), "final": done.final}, indent=2))
+                return 0
+        else:
+            if name is None:
+                raise RunError(nothing_to_resume(out))
+            preset = get_preset(name)
+            trainer = preset.train
+            config = preset.make_config(values, args.set)  # validated before anything is created
+            check_device(config.device, "--set device")
+            out = out if out is not None else _default_out(name)
+            if args.resume:
+                log.warning("nothing to resume in %s (no run there): starting a new run", out)
+            fresh = not out.exists()
+            run = Run.create(
+                out, name, config, trainer=preset.trainer, show_progress=not args.no_progress
+            )
+    except OSError as err:
+        raise RunError(os_error_text(err, out, started=False)) from err
 
     with run:
         log.info("run folder: %s (starting at step %d)", run.path, run.start_step)
         try:
-            metrics = trainer(run.config, run)
+            try:
+                final = run.finish(trainer(run.config, run) or {})
+            except (OSError, FloatingPointError, RuntimeError, ValueError) as err:
+                if isinstance(err, _user_error_types()):
+                    raise
+                problem = training_error(err, run.path, run.config)
+                if problem is None:
+                    raise
+                raise problem from err
         except _user_error_types():
             run.close()
             if fresh:
@@ -361,7 +379,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130
-        final = run.finish(metrics or {})
     print(json.dumps({"run": str(run.path), "final": final}, indent=2))
     return 0
 
@@ -403,6 +420,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from meta_rl.evaluate import evaluate_run, markdown_table, write_outputs
 
     run = Path(args.run)
+    check_device(args.device, "--device")
+    if not run.exists():
+        raise RunError(f"run folder {str(run)!r} does not exist")
     out = Path(args.out) if args.out else run / f"evaluation-{args.split}"
     env_kwargs = dict(_pairs(args.env_kwarg)) if args.env_kwarg else None
     if env_kwargs is not None:
@@ -572,6 +592,10 @@ def _run_command(argv: list[str]) -> int:
         return 2
     except BrokenPipeError:  # e.g. `meta-rl envs | head`
         return 0
+    except OSError as err:  # a disk full, a read-only or missing folder: not a bug of meta-rl
+        where = f": {err.filename}" if err.filename else ""
+        print(f"meta-rl: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
 
 
 def _train_preset(argv: list[str]) -> str | None:

@@ -17,7 +17,7 @@ import torch
 
 import meta_rl
 from meta_rl.agent import GradientAgent, MemoryAgent, SpaceMismatchError
-from meta_rl.checkpoint import CheckpointError, latest_checkpoint
+from meta_rl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from meta_rl.cli import main
 from meta_rl.runs import RunError
 
@@ -232,15 +232,62 @@ def copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
-def test_corrupt_safetensors_names_the_file(grad_run, tmp_path):
-    run = copy_run(grad_run, tmp_path / "run")
-    sidecar = latest_checkpoint(run / "checkpoints")
-    tensors = run / "checkpoints" / json.loads(sidecar.read_text())["tensors_file"]
+def _flip_a_byte(sidecar: Path) -> Path:
+    tensors = sidecar.parent / json.loads(sidecar.read_text())["tensors_file"]
     blob = bytearray(tensors.read_bytes())
     blob[-5] ^= 0xFF
     tensors.write_bytes(bytes(blob))
-    with pytest.raises(CheckpointError, match=f"{tensors.name}.*corrupt"):
+    return tensors
+
+
+def test_corrupt_newest_checkpoint_falls_back_on_the_older_one(grad_run, tmp_path, caplog):
+    run = copy_run(grad_run, tmp_path / "run")
+    (older, _), (_, newest) = list_checkpoints(run / "checkpoints")[-2:]
+    tensors = _flip_a_byte(newest)
+    agent = meta_rl.load(run)
+    assert agent.checkpoint_step == older
+    warning = f"using checkpoint step_{older:08d}.json (step {older}): the newer {newest.name}"
+    assert warning in caplog.text and f"{tensors.name}' is corrupt" in caplog.text
+    for _, sidecar in list_checkpoints(run / "checkpoints"):
+        if sidecar != newest:
+            _flip_a_byte(sidecar)
+    with pytest.raises(CheckpointError, match=f"{tensors.name}.*corrupt"):  # none usable
         meta_rl.load(run)
+
+
+def test_load_a_checkpoint_file(grad_run):
+    (first, sidecar), (last, _) = list_checkpoints(grad_run / "checkpoints")[-2:]
+    agent = meta_rl.load(sidecar)  # the README: "a run folder or a checkpoint file"
+    assert agent.checkpoint_step == first and agent.path == grad_run
+    tensors = grad_run / "checkpoints" / json.loads(sidecar.read_text())["tensors_file"]
+    assert meta_rl.load(tensors).checkpoint_step == first
+    assert meta_rl.load(grad_run).checkpoint_step == last
+    with pytest.raises(CheckpointError, match="neither a run folder nor a checkpoint file"):
+        meta_rl.load(grad_run / "config.json")
+    with pytest.raises(RunError, match="run folder 'nowhere' does not exist"):
+        meta_rl.load("nowhere")
+
+
+def test_load_refuses_non_finite_weights(grad_run, tmp_path):
+    from tests.test_config import rewrite_tensors
+
+    run = copy_run(grad_run, tmp_path / "run")
+    for _, sidecar in list_checkpoints(run / "checkpoints"):
+        rewrite_tensors(sidecar, lambda t: t["net.0.weight"].fill_(float("nan")))
+    with pytest.raises(CheckpointError, match="non-finite weights.*'net.0.weight'"):
+        meta_rl.load(run)
+
+
+def test_a_few_shot_run_is_pointed_at_its_evaluation(tmp_path, capsys):
+    from meta_rl.fewshot.metric import ProtoNetConfig
+    from meta_rl.runs import Run
+
+    Run.create(tmp_path / "fs", "protonet-glyphs", ProtoNetConfig(device="cpu")).close()
+    with pytest.raises(RunError, match="supervised few-shot run.*final.json.*fewshot_results"):
+        meta_rl.load(tmp_path / "fs")
+    assert main(["evaluate", str(tmp_path / "fs")]) == 2
+    err = capsys.readouterr().err
+    assert "few-shot run" in err and "final.json" in err and len(err.splitlines()) == 1
 
 
 def test_missing_config_newer_format_and_no_checkpoint(grad_run, tmp_path):

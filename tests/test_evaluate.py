@@ -221,7 +221,7 @@ def test_mismatched_spaces_and_bad_arguments(grad_run, tmp_path, capsys):
     code = main(["evaluate", str(grad_run), "--baselines", "none,magic"])
     assert code == 2 and "baselines ['magic'] are not known" in capsys.readouterr().err
     code = main(["evaluate", str(tmp_path / "nope")])
-    assert code == 2 and "is not a run folder" in capsys.readouterr().err
+    assert code == 2 and "does not exist" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())  # nothing written on a refused evaluation
 
 
