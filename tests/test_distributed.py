@@ -344,7 +344,10 @@ def test_two_ranks_equal_one_process_fewshot(tmp_path: Path) -> None:
         for ra, rb in zip(ma, mb, strict=True):
             for key in FEWSHOT_COMPARED:
                 if key in ra:
-                    assert ra[key] == pytest.approx(rb[key], rel=1e-4, abs=1e-5, nan_ok=True), (
+                    # rel 1e-3: the ranks sum the same terms in another order (float32);
+                    # Adam's normalised steps can grow that 1e-7 to ~2e-4 by step 3 (protonet-1
+                    # with today's glyph renderings: 1e-7 apart at steps 1-2, 2e-4 at step 3)
+                    assert ra[key] == pytest.approx(rb[key], rel=1e-3, abs=1e-5, nan_ok=True), (
                         name,
                         key,
                         ra["step"],
