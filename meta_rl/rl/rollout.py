@@ -99,7 +99,7 @@ def shard_env(env: BatchedTaskEnv, shard: Shard) -> BatchedTaskEnv:
         inner = getattr(inner, "env", None)
     raise ValueError(
         f"env {type(env).__name__} has no batched env with a row_window underneath; sharding "
-        "the meta-batch needs one (a meta_rl_envs BatchedEnv or meta_rl.rl.rollout.VectorTaskEnv)"
+        "the meta-batch needs one (a meta_rl_envs BatchedEnv or meta_rl_envs.vector.VectorTaskEnv)"
     )
 
 
