@@ -24,7 +24,7 @@ from meta_rl_envs.batched import resolve_device
 from meta_rl_envs.core import Task, TaskError
 from torch import Tensor
 
-__all__ = ["VectorTaskEnv", "info_success"]
+__all__ = ["VectorTaskEnv", "info_success", "step_numbers"]
 
 
 class VectorTaskEnv:
@@ -106,6 +106,7 @@ class VectorTaskEnv:
             for i in np.flatnonzero(info["_final_obs"]):
                 final[i] = info["final_obs"][i]
         out = {"final_obs": self._tensor(final)}
+        out.update(step_numbers(info, self.num_envs, self.device))
         success = info_success(info)
         if success is not None:
             out["success"] = torch.as_tensor(success, device=self.device)
@@ -149,3 +150,29 @@ def info_success(info: dict[str, Any]) -> np.ndarray | None:
         values &= np.asarray(part.get("_success", np.ones_like(values)), dtype=bool)
         hit, seen = (values if hit is None else hit | values), True
     return hit if seen else None
+
+
+_NOT_PASSED = {"final_obs", "final_info", "success", "task", "episode"}
+
+
+def step_numbers(info: dict[str, Any], rows: int, device: torch.device) -> dict[str, Tensor]:
+    """The per-row numeric entries of a Gymnasium vector env's step ``info`` (e.g. the sparse
+    point robot's ``dense_reward``) as ``[rows]`` tensors, each row's value that of its own step
+    (from ``final_info`` for rows reset in the same step; 0 where a row did not report it)."""
+    out: dict[str, Tensor] = {}
+    final = info.get("final_info") if isinstance(info.get("final_info"), dict) else {}
+    for key in dict.fromkeys([*info, *final]):
+        if key.startswith("_") or key in _NOT_PASSED:
+            continue
+        arr = np.zeros(rows)
+        for part in (info, final):  # a row reset in this step: its value is in final_info
+            if key not in part:
+                continue
+            value = np.asarray(part[key])
+            if value.shape != (rows,) or value.dtype.kind not in "fiub":
+                break
+            there = np.asarray(part.get("_" + key, np.ones(rows, dtype=bool)), dtype=bool)
+            arr = np.where(there, value.astype(np.float64), arr)
+        else:
+            out[key] = torch.as_tensor(arr, dtype=torch.float32, device=device)
+    return out
