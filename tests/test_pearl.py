@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
@@ -238,3 +239,103 @@ def test_gymnasium_only_family_trains():
     )
     final = train(config)
     assert math.isfinite(final["eval_return"]) and final["env_steps"] > 0
+
+
+# --------------------------------------------------------------------------------------------
+# The agent: load, adapt, predict, export, evaluate
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pearl_run(tmp_path_factory):
+    from meta_rl.runs import Run
+
+    path = tmp_path_factory.mktemp("pearl") / "run"
+    config = PEARLConfig(**{**TINY, "iterations": 2})
+    with Run.create(path, "pearl-sparse-point", config) as run:
+        train(config, run)
+    return path
+
+
+def test_load_adapt_predict_and_sb3_evaluate(pearl_run):
+    from stable_baselines3.common.evaluation import evaluate_policy
+
+    import meta_rl
+
+    agent = meta_rl.load(pearl_run)
+    assert agent.kind == "context" and agent.env_id == "MetaRL/SparsePoint-v0"
+    env = gym.make("MetaRL/SparsePoint-v0", horizon=10)
+    task = env.unwrapped.sample_tasks(1, 3, "test")[0]
+    env.unwrapped.set_task(task)
+    adapted = agent.adapt(env, budget=2, seed=1)
+    assert adapted.adapted_on == task and len(adapted.adaptation_returns) == 2
+    assert not torch.equal(adapted.belief.var, agent.belief.var)  # a posterior, not the prior
+    assert torch.equal(agent.belief.var, torch.ones(agent.config.latent_size))  # unchanged
+    again = agent.adapt(task, budget=2, seed=1)
+    assert torch.equal(again.belief.mean, adapted.belief.mean)  # seeded
+    obs, _ = env.reset(seed=0)
+    a, z = adapted.predict(obs)
+    assert env.action_space.contains(a) and z.shape == (1, agent.config.latent_size)
+    a2, z2 = adapted.predict(np.stack([obs, obs]), z.repeat(2, 0), episode_start=[False, True])
+    assert np.array_equal(z2[0], z[0]) and not np.array_equal(z2[1], z[0])
+    mean, _ = evaluate_policy(adapted, env, n_eval_episodes=2)
+    assert math.isfinite(mean)
+
+
+def test_export_runs_without_meta_rl(pearl_run, tmp_path):
+    import meta_rl
+
+    agent = meta_rl.load(pearl_run).adapt(
+        meta_rl.load(pearl_run).make_env(1).sample_tasks(1, 0, "test")[0], budget=1
+    )
+    path = agent.export(tmp_path / "pearl.pt")
+    module = torch.jit.load(str(path))
+    obs = np.zeros((3, 2), dtype=np.float64)
+    z = np.tile(agent.belief.mean.numpy(), (3, 1))
+    ours, _ = agent.predict(obs.astype(np.float32), z, deterministic=True)
+    theirs = module(torch.as_tensor(obs)).numpy()
+    assert np.allclose(ours, theirs, atol=1e-6)
+    ctx = torch.randn(2, 7, agent.policy.context_dim)
+    m, v = module.posterior(ctx)
+    m_ref, v_ref = agent.policy.encoder.posterior(ctx)
+    assert torch.allclose(m, m_ref, atol=1e-6) and torch.allclose(v, v_ref, atol=1e-6)
+
+
+def test_evaluate_reports_returns_after_each_exploration_episode(pearl_run):
+    from meta_rl.evaluate import evaluate_run, markdown_table
+
+    report = evaluate_run(pearl_run, tasks=4, budget=3, baselines=("none", "reference"))
+    assert report.agent == "context" and report.budget.unit == "episodes"
+    curve = report.adapted
+    assert [p.budget for p in curve.points] == [1, 2, 3]
+    assert all(p.success_per_task is not None for p in curve.points)
+    assert [p.env_steps for p in curve.points] == [0.0, 10.0, 20.0]
+    refs = {r.name: r for r in report.references}
+    assert refs["oracle"].per_episode > 5 and refs["zero"].per_episode == 0.0
+    assert "z from the prior" in markdown_table(report)
+
+
+# --------------------------------------------------------------------------------------------
+# Data-parallel: 2 ranks (gloo) take the single-process update
+# --------------------------------------------------------------------------------------------
+DIST = {**TINY, "meta_batch": 5, "iterations": 2, "log_every": 1}
+
+
+def _pearl_worker(rank: int, world: int, port: int, root: str) -> None:
+    from meta_rl import collectives
+    from tests.test_distributed import _join, _train
+
+    _join(rank, world, port)
+    try:
+        _train("pearl-sparse-point", DIST, Path(root) / "dist" if rank == 0 else None)
+    finally:
+        collectives.shutdown()
+
+
+def test_two_ranks_equal_one_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    from tests.test_distributed import _assert_same_runs, _free_port, _train
+
+    torch.set_num_threads(1)
+    _train("pearl-sparse-point", DIST, tmp_path / "single")
+    mp.spawn(_pearl_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    _assert_same_runs(tmp_path / "single", tmp_path / "dist", tol=1e-4)

@@ -10,18 +10,24 @@ tensors shaped ``[tasks, batch, ...]`` (no loop over tasks):
 - :func:`gaussian_kl`: ``KL(N(mu, var) || N(0, I))`` per task;
 - :class:`TanhGaussianActor`: ``[s, z] -> tanh(N(mean, std))`` with the log-probability of the
   squashed sample;
-- :class:`PEARLNets`: the encoder, two Q networks, V and its target, and the actor.
+- :class:`PEARLNets`: the encoder, two Q networks, V and its target, and the actor;
+- :class:`Belief`: a Gaussian belief over z (prior or posterior) and acting with it.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
+from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 __all__ = [
+    "Belief",
     "ContextEncoder",
     "PEARLNets",
     "TanhGaussianActor",
@@ -142,3 +148,53 @@ class PEARLNets(nn.Module):
     def act(self, obs: Tensor, z: Tensor, noise: Tensor | None = None) -> Tensor:
         """Actions in ``[-1, 1]`` for ``obs [..., O]`` and ``z [..., L]`` (mode if no noise)."""
         return self.actor(torch.cat([obs, z], -1), noise)[0]
+
+
+@dataclass
+class Belief:
+    """A Gaussian belief over z and the env's action bounds: what a PEARL agent acts with."""
+
+    mean: Tensor
+    var: Tensor
+    low: Tensor
+    high: Tensor
+
+    @classmethod
+    def prior(cls, latent: int, space: gym.spaces.Box) -> Belief:
+        low = torch.as_tensor(space.low, dtype=torch.float32)
+        high = torch.as_tensor(space.high, dtype=torch.float32)
+        return cls(torch.zeros(latent), torch.ones(latent), low, high)
+
+    def posterior(self, mean: Tensor, var: Tensor) -> Belief:
+        return replace(self, mean=mean.detach().clone(), var=var.detach().clone())
+
+    def to(self, device: torch.device | str) -> Belief:
+        return Belief(*(t.to(device) for t in (self.mean, self.var, self.low, self.high)))
+
+    @torch.no_grad()
+    def act(
+        self,
+        nets: PEARLNets,
+        obs: Tensor,
+        z: Any,
+        episode_start: Any,
+        generator: torch.Generator,
+        deterministic: bool,
+    ) -> tuple[Tensor, Tensor]:
+        """Actions (in the env's bounds) for ``obs [B, O]`` and each row's z: ``z`` (a ``[B, L]``
+        array) kept, drawn from the belief where it is None or ``episode_start`` is true."""
+        B, dev = obs.shape[0], obs.device
+        eps = torch.randn((B, self.mean.numel()), generator=generator, device=dev)
+        fresh = self.mean + self.var.sqrt() * eps
+        if z is None:
+            z = fresh
+        else:
+            z = torch.as_tensor(np.asarray(z), dtype=torch.float32, device=dev)
+            if episode_start is not None:
+                starts = torch.as_tensor(np.asarray(episode_start, dtype=bool).reshape(B))
+                z = torch.where(starts.to(dev)[:, None], fresh, z)
+        noise = None
+        if not deterministic:
+            noise = torch.randn((B, self.low.numel()), generator=generator, device=dev)
+        a = nets.act(obs.float(), z, noise)
+        return self.low + (a + 1.0) * 0.5 * (self.high - self.low), z

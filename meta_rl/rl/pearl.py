@@ -45,10 +45,11 @@ from torch import Tensor
 from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds
-from meta_rl.policies.context import PEARLNets, gaussian_kl
+from meta_rl.policies.context import Belief, PEARLNets, gaussian_kl
 from meta_rl.rl.replay import TaskBuffers
 
 __all__ = [
+    "Belief",
     "Exploration",
     "PEARLConfig",
     "TaskBuffers",
@@ -407,9 +408,14 @@ def losses(
     return qf_loss + vf_loss + policy_loss, config.kl_lambda * kl, parts
 
 
-def _frozen(net: torch.nn.Module, x: Tensor) -> Tensor:
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    return torch.func.functional_call(net, params, (x,))
+def _frozen(net: torch.nn.Sequential, x: Tensor) -> Tensor:
+    """``net(x)`` with its parameters held fixed (gradients reach ``x`` only)."""
+    for layer in net:
+        if isinstance(layer, torch.nn.Linear):
+            x = torch.nn.functional.linear(x, layer.weight.detach(), layer.bias.detach())
+        else:
+            x = layer(x)
+    return x
 
 
 def draw(
