@@ -309,7 +309,7 @@ def test_evaluate_reports_returns_after_each_exploration_episode(pearl_run):
     assert all(p.success_per_task is not None for p in curve.points)
     assert [p.env_steps for p in curve.points] == [0.0, 10.0, 20.0]
     refs = {r.name: r for r in report.references}
-    assert refs["oracle"].per_episode > 5 and refs["zero"].per_episode == 0.0
+    assert refs["oracle"].per_episode > 2 and refs["zero"].per_episode == 0.0  # T = 10
     assert "z from the prior" in markdown_table(report)
 
 
