@@ -257,6 +257,7 @@ def pearl_run(tmp_path_factory):
 
 def test_load_adapt_predict_and_sb3_evaluate(pearl_run):
     from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.monitor import Monitor
 
     import meta_rl
 
@@ -276,7 +277,7 @@ def test_load_adapt_predict_and_sb3_evaluate(pearl_run):
     assert env.action_space.contains(a) and z.shape == (1, agent.config.latent_size)
     a2, z2 = adapted.predict(np.stack([obs, obs]), z.repeat(2, 0), episode_start=[False, True])
     assert np.array_equal(z2[0], z[0]) and not np.array_equal(z2[1], z[0])
-    mean, _ = evaluate_policy(adapted, env, n_eval_episodes=2)
+    mean, _ = evaluate_policy(adapted, Monitor(env), n_eval_episodes=2)
     assert math.isfinite(mean)
 
 
