@@ -162,7 +162,7 @@ def test_noise_fixes_the_update():
 # Sampling: torch twin and Gymnasium envs give the same transitions
 # --------------------------------------------------------------------------------------------
 def test_collect_on_the_twin_equals_collect_on_gymnasium_envs():
-    config = PEARLConfig(**TINY)
+    config = PEARLConfig(**{**TINY, "critic_reward": "reward"})  # VectorTaskEnv: no info entries
     out = {}
     for backend in ("batched", "vector"):
         env = make_env("MetaRL/SparsePoint-v0", 3, 1, backend=backend, horizon=10)

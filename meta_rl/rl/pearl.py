@@ -90,8 +90,8 @@ class PEARLConfig(BaseConfig):
     """weight of KL(q(z|c) || N(0, I)), summed over the meta-batch's tasks (0: no KL term)"""
     critic_reward: str = "reward"
     """reward the critic learns from: "reward" (the env's) or the name of a per-step info entry
-    (e.g. "dense_reward" of the sparse point robot, PEARL's setting); the encoder always sees
-    the env's reward"""
+    of the family's torch twin (e.g. "dense_reward" of the sparse point robot, PEARL's setting;
+    Gymnasium-only families pass no info entries); the encoder always sees the env's reward"""
     reward_scale: float = field(default=5.0, metadata=bounds(gt=0))
     """SAC reward scale"""
     gamma: float = field(default=0.99, metadata=bounds(ge=0, le=1))
@@ -221,7 +221,8 @@ def _critic_reward(config: PEARLConfig, reward: Tensor, info: dict[str, Any]) ->
     if config.critic_reward not in info:
         raise ConfigError(
             f"critic_reward = {config.critic_reward!r} is not in the step info of "
-            f"{config.env_id!r} (it has {sorted(info)}); use 'reward'"
+            f"{config.env_id!r} (it has {sorted(info)}; envs without a torch twin pass no info "
+            "entries); use 'reward'"
         )
     return info[config.critic_reward].to(reward.dtype)
 
