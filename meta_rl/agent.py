@@ -181,8 +181,14 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     skipped with a warning naming both), or of one checkpoint file (its ``step_*.json``
     sidecar or its ``.safetensors`` file inside the run's ``checkpoints/`` folder).
 
+    Two prefixes name a run folder elsewhere: ``"zoo:NAME"`` an agent shipped in the package
+    (:mod:`meta_rl.zoo`; ``meta-rl zoo`` lists them) and ``"hf://ORG/NAME[@revision]"`` a
+    repository on the Hugging Face Hub (:func:`meta_rl.hub.download`; needs the ``hub`` extra).
+
     A run folder is data: nothing it names is imported, and weights holding NaN or inf are
     refused."""
+    if isinstance(path_or_run, str):
+        path_or_run = resolve(path_or_run)
     path = Path(getattr(path_or_run, "path", path_or_run))
     sidecar = None
     if path.is_file():
@@ -220,6 +226,19 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     else:
         agent = MemoryAgent(path, info, config, ck)
     return agent.to(device)
+
+
+def resolve(spec: str) -> Path:
+    """The local run folder a :func:`load` argument names: ``zoo:NAME``
+    (:func:`meta_rl.zoo.resolve`), ``hf://ORG/NAME[@revision]`` (:func:`meta_rl.hub.download`),
+    else the path itself."""
+    from meta_rl import hub, zoo
+
+    if spec.startswith(zoo.PREFIX):
+        return zoo.resolve(spec)
+    if spec.startswith(hub.PREFIX):
+        return hub.download(spec)
+    return Path(spec)
 
 
 def _import_trainers() -> None:
