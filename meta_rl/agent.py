@@ -292,9 +292,11 @@ class Agent:
     # -- common API ----------------------------------------------------------------------
     @property
     def env_id(self) -> str:
+        """The family id the agent was trained on (its config's ``env_id``)."""
         return self.config.env_id
 
     def env_kwargs(self) -> dict[str, Any]:
+        """The env kwargs the agent's family was made with in training."""
         raise NotImplementedError
 
     def seed(self, seed: int) -> None:
@@ -302,6 +304,7 @@ class Agent:
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
 
     def to(self, device: str | torch.device) -> Agent:
+        """Move the policy (and an adapted agent's state) to ``device``; returns ``self``."""
         from meta_rl_envs.batched import resolve_device
 
         self.device = resolve_device(device)
@@ -402,6 +405,7 @@ class GradientAgent(Agent):
         """the params ``predict`` acts with (the meta-params, or adapted ones)"""
 
     def env_kwargs(self) -> dict[str, Any]:
+        """``{"horizon": ...}`` when the run set a horizon, else ``{}``."""
         return {"horizon": self.config.horizon} if self.config.horizon else {}
 
     def _clone(self) -> GradientAgent:
@@ -512,6 +516,7 @@ class MemoryAgent(Agent):
         self.warm_steps = 0
 
     def env_kwargs(self) -> dict[str, Any]:
+        """The family's trainer defaults updated by the run's ``env_kwargs``."""
         return check_id(self.env_id).trainer_kwargs(self.config.env_kwargs)
 
     def _move(self, device: torch.device) -> None:
