@@ -142,3 +142,14 @@ def test_mkdocs_build_strict_passes_without_warnings(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "WARNING" not in proc.stderr, proc.stderr[-3000:]
     assert (tmp_path / "site" / "api" / "sharing" / "index.html").exists()
+
+
+def test_ci_runs_the_readme_test_command_then_the_strict_docs_build():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    readme = (ROOT / "README.md").read_text()
+    command = 'pip install -e ".[dev]" && pytest -q'
+    assert command in readme
+    assert command in ci
+    docs = [line for line in ci if "mkdocs build --strict" in line]
+    assert docs and ci.index(docs[0]) > ci.index(command)
+    assert '".[docs]"' in docs[0]
