@@ -21,8 +21,9 @@ from meta_rl.runs import CONFIG_FILE, RunError, read_run
 __all__ = ["PREFIX", "ZOO_DIR", "ZooEntry", "ZooError", "entries", "entry", "names", "resolve"]
 
 PREFIX = "zoo:"
-ZOO_DIR = Path(__file__).resolve().parent / "zoo"
-"""where the zoo's agents are stored (package data: in the wheel and in editable installs)"""
+ZOO_DIR = Path(__file__).resolve().parent
+"""where the zoo's agents are stored: this package's folder, one packed run folder per agent
+(package data: in the wheel, and read in place by editable installs)"""
 
 
 class ZooError(RunError):
