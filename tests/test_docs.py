@@ -153,3 +153,22 @@ def test_ci_runs_the_readme_test_command_then_the_strict_docs_build():
     docs = [line for line in ci if "mkdocs build --strict" in line]
     assert docs and ci.index(docs[0]) > ci.index(command)
     assert '".[docs]"' in docs[0]
+
+
+def _zoo_snippets() -> list[tuple[str, str]]:
+    pages = [ROOT / "README.md", *sorted(DOCS.rglob("*.md"))]
+    out = []
+    for page in pages:
+        for block in re.findall(r"```python\n(.*?)```", page.read_text(), re.S):
+            if 'meta_rl.load("zoo:' in block:
+                out.append((str(page.relative_to(ROOT)), block))
+    return out
+
+
+# SB3 advises a Monitor wrapper around a bare env; the snippets stay short without one
+@pytest.mark.filterwarnings("ignore:Evaluation environment is not wrapped:UserWarning")
+@pytest.mark.parametrize("page,snippet", _zoo_snippets(), ids=lambda x: x.split("\n")[0][:40])
+def test_zoo_snippets_of_the_docs_run(page, snippet, tmp_path, monkeypatch):
+    """The snippets that load a zoo agent run as written (no training, no network)."""
+    monkeypatch.chdir(tmp_path)
+    exec(compile(snippet, page, "exec"), {"__name__": "__snippet__"})
