@@ -633,6 +633,7 @@ class ContextAgent(Agent):
         self.belief = Belief.prior(config.latent_size, self.action_space)
 
     def env_kwargs(self) -> dict[str, Any]:
+        """The family's trainer defaults under the run's ``env_kwargs``."""
         return check_id(self.env_id).trainer_kwargs(self.config.env_kwargs)
 
     def _move(self, device: torch.device) -> None:

@@ -234,6 +234,7 @@ class ExportedContext(nn.Module):
 
     @torch.jit.export
     def posterior(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, var)`` of q(z | context) for transitions ``context [B, C, D]``."""
         out = self.encoder(context.to(self.belief_mean.dtype))
         mu = out[..., : self.latent]
         prec = 1.0 / torch.nn.functional.softplus(out[..., self.latent :]).clamp_min(1e-7)
@@ -247,6 +248,8 @@ class ExportedContext(nn.Module):
         deterministic: bool = True,
         noise: Tensor | None = None,
     ) -> Tensor:
+        """Actions (env bounds) for ``obs [..., O]`` with ``z`` (default: the belief's mean);
+        the mode, or a sample with ``noise`` (standard normals; drawn when None)."""
         x = obs.to(self.belief_mean.dtype)
         if z is None:
             z = self.belief_mean.expand(x.shape[:-1] + self.belief_mean.shape)
