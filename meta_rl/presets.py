@@ -202,6 +202,13 @@ PRESETS: dict[str, Preset] = {
             "Memory-augmented network (MANN), episodic glyph classification",
         ),
         Preset(
+            "ntm-copy",
+            "meta_rl.fewshot.ntm_copy:train",
+            "meta_rl.fewshot.ntm_copy:CopyTaskConfig",
+            {"device": "cpu", "num_threads": 1},  # one sequence per update: overhead-bound
+            "Neural Turing Machine on the copy task (Graves et al. 2014): error bits per sequence",
+        ),
+        Preset(
             "oracle-pointnav",
             "meta_rl.rl.oracle:train_oracle_pointnav",
             "meta_rl.rl.oracle:OracleNavConfig",

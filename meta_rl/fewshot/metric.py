@@ -379,7 +379,7 @@ def episode_shard(
 
 
 def fit(
-    config: GlyphDataConfig,
+    config: Any,
     run: Any,
     dist: Any,
     model: nn.Module,
@@ -389,14 +389,20 @@ def fit(
     evaluation: Callable[[], dict[str, float]],
     hint: str,
     grad_clip: float = 0.0,
+    optimizer: torch.optim.Optimizer | None = None,
+    grad_clip_value: float = 0.0,
+    progress_key: str = "accuracy",
 ) -> dict[str, float]:
-    """The supervised few-shot training loop (ProtoNet, Siamese, MANN): Adam (``config.lr``) on
-    ``batch_loss() -> (loss, metrics after the step)``, this rank's share ``weight`` of the
-    batch's mean, gradients summed over ranks (then clipped to ``grad_clip`` if > 0); resume,
-    guard, evaluation, log and checkpoints by :mod:`meta_rl.loop`. ``train_rng`` draws the
-    training batches (it is checkpointed). Returns the final metrics."""
+    """The supervised training loop (ProtoNet, Siamese, MANN, the NTM copy task): ``optimizer``
+    (default Adam with ``config.lr``) on ``batch_loss() -> (loss, metrics after the step)``,
+    this rank's share ``weight`` of the batch's mean, gradients summed over ranks (then their
+    norm clipped to ``grad_clip`` and each entry to +-``grad_clip_value``, where > 0); resume,
+    guard, evaluation, log and checkpoints by :mod:`meta_rl.loop` (``config`` has the schedule
+    fields of :class:`GlyphDataConfig`). ``train_rng`` draws the training batches (it is
+    checkpointed). Returns the final metrics."""
     device = next(model.parameters()).device
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     def checkpoint() -> loop.Saved:
         state = {"optimizer": optimizer.state_dict(), "train_rng": rng_state(train_rng)}
@@ -412,7 +418,7 @@ def fit(
     dist.broadcast_(model.parameters())
 
     metrics: dict[str, float] = {}
-    with loop.progress(run, config, start, "accuracy"):
+    with loop.progress(run, config, start, progress_key):
         for it in range(start, config.iterations):
             loss, summary = batch_loss()
             optimizer.zero_grad()
@@ -420,6 +426,8 @@ def fit(
             dist.all_reduce_grads(model.parameters())  # summed before clipping: the global norm
             if grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if grad_clip_value > 0:
+                nn.utils.clip_grad_value_(model.parameters(), grad_clip_value)
             optimizer.step()
             metrics = summary()
             loop.end_step(
