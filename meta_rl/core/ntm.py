@@ -56,7 +56,7 @@ __all__ = [
     "write",
 ]
 
-_EPS = 1e-16
+_TINY = 1e-30
 SHIFTS = 3
 """taps of the shift kernel: shifts -1, 0, +1"""
 PARAMS_PER_HEAD = SHIFTS + 3
@@ -159,8 +159,11 @@ def shift(weights: Tensor, kernel: Tensor) -> Tensor:
 
 def sharpen(weights: Tensor, gamma: Tensor) -> Tensor:
     """``w^gamma / sum w^gamma`` over slots: ``weights`` [B, H, S], ``gamma`` [B, H] (>= 1)."""
-    powered = weights.pow(gamma.unsqueeze(-1))
-    return powered / (powered.sum(-1, keepdim=True) + _EPS)
+    # scaled by the peak first (the result is the same): then the sum is >= 1, and a large
+    # gamma cannot underflow every weight to zero
+    peak = weights.amax(-1, keepdim=True).clamp_min(_TINY)
+    powered = (weights / peak).pow(gamma.unsqueeze(-1))
+    return powered / powered.sum(-1, keepdim=True).clamp_min(_TINY)
 
 
 def address(memory: Tensor, previous: Tensor, params: Addressing) -> Tensor:
