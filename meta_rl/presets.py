@@ -202,6 +202,13 @@ PRESETS: dict[str, Preset] = {
             "Memory-augmented network (MANN), episodic glyph classification",
         ),
         Preset(
+            "ntm-glyphs",
+            "meta_rl.fewshot.mann:train",
+            "meta_rl.fewshot.mann:MANNConfig",
+            {"memory": "ntm"},
+            "Neural Turing Machine memory beside MANN's, episodic glyph classification",
+        ),
+        Preset(
             "ntm-copy",
             "meta_rl.fewshot.ntm_copy:train",
             "meta_rl.fewshot.ntm_copy:CopyTaskConfig",
