@@ -10,7 +10,6 @@ from meta_rl_envs.core import (
     Normal,
     Param,
     Task,
-    TaskDistribution,
     TaskError,
     TaskFamily,
     TaskSpace,
@@ -20,11 +19,15 @@ from meta_rl_envs.core import (
 from meta_rl_envs.registry import (
     FAMILIES,
     FamilySpec,
+    TaskDistribution,
     add_family,
     check_id,
     make_batched,
+    make_env,
     register_all,
+    register_family,
 )
+from meta_rl_envs.stats import Estimate, mean_ci95
 
 register_all()
 
@@ -33,6 +36,7 @@ __all__ = [
     "SPLITS",
     "Choice",
     "Dirichlet",
+    "Estimate",
     "FamilySpec",
     "Normal",
     "Param",
@@ -45,6 +49,9 @@ __all__ = [
     "add_family",
     "check_id",
     "make_batched",
+    "make_env",
+    "mean_ci95",
     "register_all",
+    "register_family",
     "stack_tasks",
 ]

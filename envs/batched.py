@@ -14,12 +14,17 @@ it is drawn through ``self._rand(kind, k)``: ``k`` uniforms in [0, 1) for every 
 and used where a row resets). The scalar env of a family draws the same ``k`` numbers through
 ``self._noise(kind, k)`` and maps them the same way, so the step-for-step tests can feed both the
 same numbers. No host-device sync happens in ``step``.
+
+:class:`BatchedTaskEnv` is the contract as a ``typing.Protocol``: the torch twins
+(:class:`BatchedEnv`) and the Gymnasium adapter (:class:`~meta_rl_envs.vector.VectorTaskEnv`)
+implement it, and everything that steps many tasks at once takes it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from functools import cached_property
+from typing import Any, Protocol, runtime_checkable
 
 import gymnasium as gym
 import numpy as np
@@ -34,6 +39,46 @@ def resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise TaskError(f"device={str(device)!r} was asked for but CUDA is not available")
     return dev
+
+
+@runtime_checkable
+class BatchedTaskEnv(Protocol):
+    """``num_tasks x envs_per_task`` rows of one family stepping at once (see the module
+    docstring): what rollouts, RL^2 trials and the evaluator take."""
+
+    num_tasks: int
+    envs_per_task: int
+    num_envs: int
+    device: torch.device
+    horizon: int
+    """steps after which an episode is truncated"""
+    task_space: TaskSpace
+    tasks: list[Task]
+    """the tasks of the last ``set_tasks``, one per task slot"""
+    single_observation_space: gym.Space
+    single_action_space: gym.Space
+    observation_space: gym.Space
+    """the batched space (Gymnasium's vector convention: ``single_*`` batched ``num_envs`` times)"""
+    action_space: gym.Space
+    row_window: tuple[int, int] | None
+    """``(first_row, total_rows)`` when this env is a data-parallel shard of a larger one"""
+
+    def sample_tasks(self, n: int, rng: Any, split: str = "train") -> list[Task]: ...
+
+    def set_tasks(self, tasks: Sequence[Task]) -> None: ...
+
+    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]: ...
+
+    def step(
+        self, action: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]: ...
+
+    def task_success(self) -> np.ndarray | None:
+        """``[num_tasks]`` success rate of each task's first episode since ``reset`` (None: the
+        family reports no ``info["success"]``)."""
+        ...
+
+    def close(self) -> None: ...
 
 
 class BatchedEnv:
@@ -80,6 +125,23 @@ class BatchedEnv:
 
     def row_tasks(self) -> list[Task]:
         return [t for t in self.tasks for _ in range(self.envs_per_task)]
+
+    # -- Gymnasium's vector-env convention ----------------------------------------------------
+    @cached_property
+    def observation_space(self) -> gym.Space:
+        """``single_observation_space`` batched over the ``num_envs`` rows."""
+        return gym.vector.utils.batch_space(self.single_observation_space, self.num_envs)
+
+    @cached_property
+    def action_space(self) -> gym.Space:
+        """``single_action_space`` batched over the ``num_envs`` rows."""
+        return gym.vector.utils.batch_space(self.single_action_space, self.num_envs)
+
+    def task_success(self) -> np.ndarray | None:
+        return None  # the torch twins report no success
+
+    def close(self) -> None:
+        pass
 
     # -- stepping ------------------------------------------------------------------------
     row_window: tuple[int, int] | None = None

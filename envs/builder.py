@@ -16,7 +16,7 @@ rendering keep working as they are) and mixes in :class:`~meta_rl_envs.core.Task
 Example: a user family of heavier or lighter Acrobot links in a few lines::
 
     import gymnasium as gym
-    from meta_rl_envs import FamilySpec, add_family
+    from meta_rl_envs import register_family
     from meta_rl_envs.builder import make_family
 
     AcrobotFamily = make_family(
@@ -24,7 +24,7 @@ Example: a user family of heavier or lighter Acrobot links in a few lines::
         {"LINK_MASS_1": (0.5, 2.0), "LINK_MASS_2": (0.5, 2.0)},
         ood={"LINK_MASS_1": [(2.0, 3.0)]},
     )
-    add_family(FamilySpec("MyLab/Acrobot-v0", AcrobotFamily, "Acrobot with link masses"))
+    register_family("MyLab/Acrobot-v0", AcrobotFamily, "Acrobot with link masses")
     env = gym.make("MyLab/Acrobot-v0")
     task = env.unwrapped.sample_tasks(1, rng=0, split="ood")[0]
     obs, info = env.reset(seed=0, options={"task": task})
@@ -210,6 +210,52 @@ def _task_repr(self: Task) -> str:
     return f"{type(self).__name__}({values})"
 
 
+def _probe(
+    env_cls: type[gym.Env],
+    base_kwargs: dict[str, Any],
+    targets: list[_Target],
+    params: Mapping[str, RangeSpec],
+    ood: Mapping[str, Sequence[tuple[float, float]]],
+) -> tuple[list[Param], dict[str, Any]]:
+    """Probe one instance: every attribute (or path) must exist and be numeric. Returns the
+    task space's parameters and each field's default (the env's own value when allowed)."""
+    fields_seen: dict[str, str] = {}
+    for t in targets:
+        if t.field in fields_seen:
+            raise TaskError(
+                f"parameters {fields_seen[t.field]!r} and {t.path!r} both make the task field "
+                f"{t.field!r}; rename one"
+            )
+        fields_seen[t.field] = t.path
+    probe = env_cls(**base_kwargs)
+    try:
+        have = _numeric_attrs(probe)
+        defaults: dict[str, Any] = {}
+        space_params: list[Param] = []
+        for t, (attr, spec) in zip(targets, params.items(), strict=True):
+            try:
+                current = t.get(probe)
+            except (AttributeError, IndexError, TypeError, KeyError) as err:
+                close = difflib.get_close_matches(t.parts[0], have, n=3)
+                raise TaskError(
+                    f"{env_cls.__name__} has no attribute {attr!r}"
+                    + (f" (did you mean {close}?)" if close else "")
+                    + (f" ({type(err).__name__}: {err})" if len(t.parts) > 1 or t.index else "")
+                    + f"; numeric attributes it has: {have[:20]}"
+                ) from err
+            if callable(current) or not np.issubdtype(np.asarray(current).dtype, np.number):
+                raise TaskError(
+                    f"{env_cls.__name__}.{attr} = {current!r} is not numeric; "
+                    f"numeric attributes it has: {have[:20]}"
+                )
+            param = _as_param(t.field, spec, ood.get(attr))
+            space_params.append(param)
+            defaults[t.field] = _default_value(param, current)
+    finally:
+        probe.close()
+    return space_params, defaults
+
+
 def make_family(
     base: str | type[gym.Env],
     params: Mapping[str, RangeSpec],
@@ -261,42 +307,8 @@ def make_family(
     ):
         raise TaskError(f"horizon={default_horizon!r} must be a positive integer or None")
 
-    # Probe one instance: every attribute (or path) must exist and be numeric.
     targets = [_Target.parse(key) for key in params]
-    fields_seen: dict[str, str] = {}
-    for t in targets:
-        if t.field in fields_seen:
-            raise TaskError(
-                f"parameters {fields_seen[t.field]!r} and {t.path!r} both make the task field "
-                f"{t.field!r}; rename one"
-            )
-        fields_seen[t.field] = t.path
-    probe = env_cls(**base_kwargs)
-    try:
-        have = _numeric_attrs(probe)
-        defaults: dict[str, Any] = {}
-        space_params: list[Param] = []
-        for t, (attr, spec) in zip(targets, params.items(), strict=True):
-            try:
-                current = t.get(probe)
-            except (AttributeError, IndexError, TypeError, KeyError) as err:
-                close = difflib.get_close_matches(t.parts[0], have, n=3)
-                raise TaskError(
-                    f"{env_cls.__name__} has no attribute {attr!r}"
-                    + (f" (did you mean {close}?)" if close else "")
-                    + (f" ({type(err).__name__}: {err})" if len(t.parts) > 1 or t.index else "")
-                    + f"; numeric attributes it has: {have[:20]}"
-                ) from err
-            if callable(current) or not np.issubdtype(np.asarray(current).dtype, np.number):
-                raise TaskError(
-                    f"{env_cls.__name__}.{attr} = {current!r} is not numeric; "
-                    f"numeric attributes it has: {have[:20]}"
-                )
-            param = _as_param(t.field, spec, ood.get(attr))
-            space_params.append(param)
-            defaults[t.field] = _default_value(param, current)
-    finally:
-        probe.close()
+    space_params, defaults = _probe(env_cls, base_kwargs, targets, params, ood)
 
     module = module or sys._getframe(1).f_globals.get("__name__", __name__)
     fields = [

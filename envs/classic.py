@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from typing import Any
 
@@ -174,6 +175,15 @@ def cartpole_step(
     return obs, final_obs, reward, terminated, truncated, t
 
 
+def _say(message: str) -> None:
+    """``message`` at INFO on this module's logger, or on stderr when logging is not set up (so
+    a long silent pause is explained even in a plain script)."""
+    if log.hasHandlers():
+        log.info(message)
+    else:
+        print(message, file=sys.stderr, flush=True)
+
+
 class BatchedCartPole(BatchedEnv):
     """:class:`CartPoleFamily` for ``num_tasks x envs_per_task`` rows, each with its own pole
     length, pole mass and cart mass (float32 on ``device``).
@@ -229,6 +239,10 @@ class BatchedCartPole(BatchedEnv):
 
         ``torch._inductor.compile`` on a traced graph skips TorchDynamo's per-call guard checks,
         which cost more than the whole kernel at ~1,000 rows on CPU. Falls back to eager."""
+        _say(
+            "BatchedCartPole: compiling (once) the step into one kernel; this first step can "
+            "take up to a minute (compile=False runs eager)..."
+        )
         start = time.perf_counter()
         horizon = self.horizon
 

@@ -88,6 +88,11 @@ class Param:
     def has_ood(self) -> bool:
         return False
 
+    def row_sequential(self, ood: bool) -> bool:
+        """Whether ``sample(rng, n, ood)`` draws the same numbers as ``n`` calls
+        ``sample(rng, 1, ood)`` in a row (so a one-parameter space may draw a block at once)."""
+        return False
+
     def describe(self) -> str:
         raise NotImplementedError
 
@@ -128,6 +133,9 @@ class Uniform(Param):
     def has_ood(self) -> bool:
         return bool(self.ood)
 
+    def row_sequential(self, ood: bool) -> bool:
+        return type(self).sample is Uniform.sample and not (ood and self.ood)
+
     def sample(self, rng: np.random.Generator, n: int, ood: bool) -> np.ndarray:
         shape = (n, *self.shape)
         if not (ood and self.ood):
@@ -159,6 +167,9 @@ class Normal(Param):
     mean: float = 0.0
     std: float = 1.0
 
+    def row_sequential(self, ood: bool) -> bool:
+        return type(self).sample is Normal.sample
+
     def sample(self, rng: np.random.Generator, n: int, ood: bool) -> np.ndarray:
         return rng.normal(self.mean, self.std, size=(n, *self.shape))
 
@@ -175,6 +186,9 @@ class Dirichlet(Param):
     """Rows along the last axis of ``shape`` drawn from a symmetric Dirichlet(alpha)."""
 
     alpha: float = 1.0
+
+    def row_sequential(self, ood: bool) -> bool:
+        return type(self).sample is Dirichlet.sample
 
     def sample(self, rng: np.random.Generator, n: int, ood: bool) -> np.ndarray:
         rows = math.prod(self.shape[:-1])
@@ -328,7 +342,7 @@ class TaskSpace:
         kwargs = {}
         for name, p in self.params.items():
             v = values[name][i]
-            kwargs[name] = float(v) if not p.shape else tuple(float(x) for x in v.ravel())
+            kwargs[name] = float(v) if not p.shape else tuple(v.ravel().tolist())
         return self.task_cls(**kwargs)
 
     def split_of(self, task: Task) -> str:
@@ -345,6 +359,9 @@ class TaskSpace:
     def sample(
         self, n: int, rng: np.random.Generator | int | None, split: str = "train"
     ) -> list[Task]:
+        """``n`` tasks of ``split``. Candidates are drawn one task after the other from ``rng``
+        and kept when they belong to ``split``, so the first ``k`` tasks of a seeded draw do not
+        depend on ``n`` (``sample(3, 0)`` is ``sample(5, 0)[:3]``)."""
         check_split(split)
         if split == "ood" and not self.has_ood:
             raise TaskError(
@@ -355,10 +372,19 @@ class TaskSpace:
             raise TaskError(f"n={n!r} must be a non-negative integer")
         rng = as_generator(rng)
         want = "train" if (split == "test" and self.is_finite) else split
+        ood = split == "ood"
+        (only,) = self.params.values() if len(self.params) == 1 else (None,)
         tasks: list[Task] = []
         while len(tasks) < n:
             block = max(8, 2 * (n - len(tasks)))
-            values = {name: p.sample(rng, block, split == "ood") for name, p in self.params.items()}
+            if only is not None and only.row_sequential(ood):  # one block draw, same numbers
+                values = {only.name: only.sample(rng, block, ood)}
+            else:  # candidate by candidate: each task's parameters in turn
+                rows = [[p.sample(rng, 1, ood) for p in self.params.values()] for _ in range(block)]
+                values = {
+                    name: np.concatenate([row[j] for row in rows])
+                    for j, name in enumerate(self.params)
+                }
             for i in range(block):
                 task = self._build(values, i)
                 if self.split_of(task) == want:
@@ -435,29 +461,3 @@ class TaskFamily:
         Scalar families draw all their randomness here, mirroring ``BatchedEnv._rand``, so the
         batched twin can be fed the same numbers in the step-for-step tests."""
         return self.np_random.random(k)
-
-
-@dataclass(frozen=True)
-class TaskDistribution:
-    """A family id, its constructor kwargs and a split: a value that samples tasks."""
-
-    env_id: str
-    split: str = "train"
-    env_kwargs: tuple[tuple[str, Any], ...] = ()
-
-    def __post_init__(self) -> None:
-        check_split(self.split)
-
-    def make_env(self, **overrides: Any):
-        import gymnasium as gym
-        from meta_rl_envs.registry import check_id
-
-        check_id(self.env_id)
-        return gym.make(self.env_id, **{**dict(self.env_kwargs), **overrides})
-
-    def sample(self, n: int, rng: np.random.Generator | int | None) -> list[Task]:
-        env = self.make_env()
-        try:
-            return env.unwrapped.sample_tasks(n, rng, self.split)
-        finally:
-            env.close()

@@ -98,7 +98,8 @@ class TrainOnlySpace(TaskSpace):
     A finite space cannot hold unseen tasks; rather than hand out the training tasks as "test"
     (the core's rule for finite spaces), asking for ``test`` raises and names what to do.
     ``sample`` returns balanced batches: each of the ``k`` tasks ``n // k`` or ``n // k + 1``
-    times (the extra ones the first in order), shuffled."""
+    times, as whole passes over the tasks in a fresh random order each (so a draw of ``m`` is the
+    first ``m`` tasks of a draw of ``n``)."""
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -126,9 +127,12 @@ class TrainOnlySpace(TaskSpace):
             raise TaskError(f"n={n!r} must be a non-negative integer")
         rng = as_generator(rng)
         tasks = self.all_tasks()
-        # Balanced: each task appears n // k or n // k + 1 times, in a random order.
-        slots = np.resize(np.arange(len(tasks)), n)
-        return [tasks[i] for i in rng.permutation(slots)]
+        # Balanced and prefix-stable: passes over all k tasks, each pass in a fresh random order,
+        # so every task appears n // k or n // k + 1 times, and the first m of n are a draw of m.
+        order: list[int] = []
+        while len(order) < n:
+            order.extend(rng.permutation(len(tasks)).tolist())
+        return [tasks[i] for i in order[:n]]
 
 
 # --------------------------------------------------------------------------------------------

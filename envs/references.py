@@ -17,18 +17,26 @@ meta-learner is trained and evaluated on.
 Monte Carlo estimates average the *expected* reward of each chosen action (``p_a`` for a bandit
 arm, ``mu(s, a)`` for an MDP step) instead of the sampled reward: the mean is the same (the
 learner still observes and updates on sampled rewards), the standard error is smaller.
+
+Each family with references names one function here on its
+:class:`~meta_rl_envs.registry.FamilySpec` (``references``): :func:`bandit_references`,
+:func:`tabular_references`, :func:`navigation_references`. It returns the :class:`References`
+of a trial of ``episodes`` episodes on the tasks ``task_space.sample(num_tasks, seed, split)``;
+RL^2's final metrics and ``meta-rl evaluate`` both read them through
+:meth:`FamilySpec.compute_references <meta_rl_envs.registry.FamilySpec.compute_references>`.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from meta_rl_envs.bandits import bandit_space
 from meta_rl_envs.core import TaskError, as_generator, stack_tasks
 from meta_rl_envs.navigation import goal_space
+from meta_rl_envs.stats import Estimate, mean_ci95
 from meta_rl_envs.tabular import (
     INITIAL_STATE,
     REWARD_NOISE_STD,
@@ -54,22 +62,19 @@ PAPER = {
 PAPER_NUM_TASKS = 1000  # the RL^2 tables average over 1000 bandits / MDPs
 
 
-@dataclass(frozen=True)
-class Estimate:
-    """A mean with its standard error over ``num`` independent tasks (``se = 0`` when exact)."""
-
-    mean: float
-    se: float
-    num: int
-
-    def to_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "se": self.se, "num": self.num}
-
-
 def _estimate(per_task: np.ndarray) -> Estimate:
-    m = len(per_task)
-    se = float(per_task.std(ddof=1) / math.sqrt(m)) if m > 1 else float("nan")
-    return Estimate(float(per_task.mean()), se, m)
+    return mean_ci95(per_task)
+
+
+@dataclass(frozen=True)
+class References:
+    """A family's reference solvers on one set of tasks: ``values`` maps a solver's name to the
+    mean total reward of a trial of ``episodes`` episodes (``Estimate.exact`` for exact values);
+    ``skipped`` maps a solver that could not be computed here to the reason."""
+
+    episodes: int
+    values: dict[str, Estimate] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
 
 
 def _positive(name: str, value: int) -> int:
@@ -386,3 +391,103 @@ def navigation_return(
         total -= np.sqrt((delta**2).sum(-1)) * alive
         alive &= ~np.all(np.abs(delta) < 0.01, axis=-1)
     return _estimate(total)
+
+
+# ============================================================================================
+# The references of each family (named on its FamilySpec)
+# ============================================================================================
+BANDIT_DP_MAX_PULLS = 20  # the exact DP of longer trials takes seconds to minutes (k = 5)
+BANDIT_DP_MAX_STATES = 500_000  # belief states over all levels (k = 5, n = 20: ~3.5e5)
+
+
+def bandit_belief_states(n: int, k: int) -> int:
+    """Belief states the exact bandit DP visits (all levels): multisets of ``k`` arm counts
+    ``(s, f)`` with ``s + f`` pulls in total at most ``n``."""
+    n, k = _positive("n", n), _positive("k", k)
+    count = [[0] * (n + 1) for _ in range(k + 1)]  # count[j][t]: multisets of j arms, t pulls
+    count[0][0] = 1
+    for m in range(n + 1):  # the m + 1 arm codes with m pulls, each usable any number of times
+        for _ in range(m + 1):
+            for j in range(1, k + 1):
+                row, prev = count[j], count[j - 1]
+                for t in range(m, n + 1):
+                    row[t] += prev[t - m]
+    return sum(count[k])
+
+
+def bandit_references(
+    episodes: int, num_tasks: int, seed: int, split: str = "test", k: int = 5, **_: Any
+) -> References:
+    """Bernoulli bandits, a trial of ``episodes`` pulls: the Bayes-optimal value (exact DP, when
+    it is cheap enough), Thompson sampling, UCB1, greedy and random pulls (simulated on the
+    ``num_tasks`` bandits ``seed`` draws)."""
+    refs = References(episodes)
+    n = episodes
+    if split == "ood":
+        refs.skipped["bayes_optimal"] = "ood tasks leave the prior the exact DP assumes"
+    elif n > BANDIT_DP_MAX_PULLS:
+        refs.skipped["bayes_optimal"] = (
+            f"a trial of {n} pulls is longer than the exact DP's limit of {BANDIT_DP_MAX_PULLS}"
+        )
+    elif (states := bandit_belief_states(n, k)) > BANDIT_DP_MAX_STATES:
+        refs.skipped["bayes_optimal"] = (
+            f"the exact DP for k={k} arms, n={n} pulls visits {states:,} belief states "
+            f"(limit {BANDIT_DP_MAX_STATES:,})"
+        )
+    else:
+        try:
+            refs.values["bayes_optimal"] = Estimate.exact_value(bandit_bayes_optimal(n, k))
+        except TaskError as err:  # e.g. too many arms for the DP's state keys
+            refs.skipped["bayes_optimal"] = str(err)
+    for name in BANDIT_POLICIES:
+        refs.values[name] = bandit_policy(name, n, k, num_tasks, seed, split)
+    return refs
+
+
+def tabular_references(
+    episodes: int,
+    num_tasks: int,
+    seed: int,
+    split: str = "test",
+    num_states: int = 10,
+    num_actions: int = 5,
+    horizon: int = 10,
+    **_: Any,
+) -> References:
+    """Random tabular MDPs, a trial of ``episodes`` episodes: PSRL (the true prior, and the RL^2
+    paper's prior mean 0), certainty-equivalent greedy, the per-MDP optimum (simulated or exact
+    per MDP on the ``num_tasks`` MDPs ``seed`` draws) and random actions (exact)."""
+    sizes = dict(num_states=num_states, num_actions=num_actions, horizon=horizon, split=split)
+    n = episodes
+    return References(
+        n,
+        {
+            "psrl": tabular_psrl(n, num_tasks, seed, **sizes),
+            "psrl_prior0": tabular_psrl(n, num_tasks, seed, reward_prior_mean=0.0, **sizes),
+            "greedy": tabular_greedy(n, num_tasks, seed, **sizes),
+            "oracle": tabular_oracle(n, num_tasks, seed, **sizes),
+            "random": Estimate.exact_value(tabular_random(n, horizon)),
+        },
+    )
+
+
+def navigation_references(
+    episodes: int,
+    num_tasks: int,
+    seed: int,
+    split: str = "test",
+    horizon: int = 100,
+    max_step: float = 0.1,
+    goal_radius: float = 0.5,
+    **_: Any,
+) -> References:
+    """2D navigation, a trial of ``episodes`` episodes (each episode scores the same: the
+    policies have no memory): standing still and walking straight to the goal."""
+    nav = dict(horizon=horizon, max_step=max_step, goal_radius=goal_radius, split=split)
+    return References(
+        episodes,
+        {
+            name: navigation_return(name, num_tasks, seed, **nav).scaled(episodes)
+            for name in NAV_POLICIES
+        },
+    )

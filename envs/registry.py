@@ -1,4 +1,10 @@
-"""Registered family ids (``MetaRL/...``) and their batched twins.
+"""Registered family ids (``MetaRL/...``), what meta-rl knows about each family, and the one
+factory of ``num_tasks x envs_per_task`` envs (:func:`make_env`).
+
+A :class:`FamilySpec` is everything the learners may know about a family: how to build it (the
+Gymnasium entry point, its torch-batched twin), its reference solvers, and the env kwargs
+trainers use unless a config sets them. Code outside ``meta_rl_envs`` asks the spec
+(:func:`check_id`) and never branches on a family id.
 
 Entry points are strings, so registering imports no family module until it is made.
 """
@@ -6,12 +12,17 @@ Entry points are strings, so registering imports no family module until it is ma
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
-from meta_rl_envs.core import TaskError
+import numpy as np
+from meta_rl_envs.core import Task, TaskError, check_split
+
+if TYPE_CHECKING:
+    from meta_rl_envs.batched import BatchedTaskEnv
+    from meta_rl_envs.references import References
 
 
 @dataclass(frozen=True)
@@ -22,16 +33,86 @@ class FamilySpec:
     batched: str | None = None  # "module:Class" of the torch-batched twin, if any
     kwargs: dict[str, Any] = field(default_factory=dict)
     extra: str | None = None  # the pip extra the family needs, if any
+    references: str | Callable[..., References] | None = None
+    """"module:function" (lazy) or the function computing the family's reference solvers:
+    ``(episodes, num_tasks, seed, split, **env_kwargs) -> References`` (see
+    :mod:`meta_rl_envs.references`); None: the family ships none"""
+    trainer_defaults: dict[str, Any] = field(default_factory=dict)
+    """env kwargs a trainer uses unless its config sets them (e.g. RL^2's k=5 bandit arms)"""
+
+    def trainer_kwargs(self, env_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """``env_kwargs`` on top of the family's trainer defaults."""
+        return {**self.trainer_defaults, **dict(env_kwargs or {})}
+
+    def compute_references(
+        self,
+        episodes: int,
+        num_tasks: int,
+        seed: int,
+        split: str = "test",
+        env_kwargs: Mapping[str, Any] | None = None,
+    ) -> References:
+        """The family's reference solvers over a trial of ``episodes`` episodes on the tasks
+        ``task_space.sample(num_tasks, seed, split)`` (the same tasks an evaluation with that
+        seed draws); empty for a family without references."""
+        from meta_rl_envs.references import References
+
+        check_split(split)
+        if self.references is None:
+            return References(int(episodes))
+        fn = _load(self.references) if isinstance(self.references, str) else self.references
+        return fn(
+            int(episodes), int(num_tasks), int(seed), split, **self.trainer_kwargs(env_kwargs)
+        )
 
 
 FAMILIES: dict[str, FamilySpec] = {}
 
 
 def add_family(spec: FamilySpec) -> None:
-    """Register a family id with Gymnasium and in meta-rl's table (idempotent)."""
+    """Register a family id with Gymnasium and in meta-rl's table (idempotent; registering the
+    same id again with another entry point or kwargs replaces it)."""
     FAMILIES[spec.env_id] = spec
-    if spec.env_id not in gym.registry:
+    old = gym.registry.get(spec.env_id)
+    if old is not None and (old.entry_point, old.kwargs) != (spec.entry_point, spec.kwargs):
+        del gym.registry[spec.env_id]
+        old = None
+    if old is None:
         gym.register(id=spec.env_id, entry_point=spec.entry_point, kwargs=dict(spec.kwargs))
+
+
+def register_family(
+    env_id: str,
+    family: str | Callable[..., gym.Env],
+    summary: str = "",
+    *,
+    batched: str | None = None,
+    references: str | Callable[..., References] | None = None,
+    trainer_defaults: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> FamilySpec:
+    """Register a task family (e.g. a class from :func:`meta_rl_envs.builder.make_family`) under
+    ``env_id``, so ``gymnasium.make(env_id)``, :func:`make_env` and every trainer (``env_id=``)
+    find it. ``kwargs`` are the family's constructor kwargs; the rest are the
+    :class:`FamilySpec` fields. Returns the spec."""
+    if not isinstance(env_id, str) or not env_id:
+        raise TaskError(f"env_id={env_id!r} must be a Gymnasium id such as 'MetaRL/Acrobot-v0'")
+    if not (isinstance(family, str) or callable(family)):
+        raise TaskError(f"family={family!r} is neither a 'module:Class' string nor a class")
+    if not summary:
+        doc = getattr(family, "__doc__", None) or ""
+        summary = doc.strip().split("\n")[0] if doc.strip() else env_id
+    spec = FamilySpec(
+        env_id,
+        family,
+        summary,
+        batched=batched,
+        kwargs=dict(kwargs),
+        references=references,
+        trainer_defaults=dict(trainer_defaults or {}),
+    )
+    add_family(spec)
+    return spec
 
 
 def check_id(env_id: str) -> FamilySpec:
@@ -70,6 +151,28 @@ def make_batched(env_id: str, num_tasks: int, envs_per_task: int = 1, device: st
     )
 
 
+def make_env(
+    env_id: str,
+    num_tasks: int,
+    envs_per_task: int = 1,
+    device: str = "cpu",
+    backend: str = "auto",
+    **env_kwargs: Any,
+) -> BatchedTaskEnv:
+    """A ``num_tasks x envs_per_task`` env of a family behind the batched-env contract
+    (:class:`~meta_rl_envs.batched.BatchedTaskEnv`): ``backend`` "batched" (the torch twin),
+    "vector" (:class:`~meta_rl_envs.vector.VectorTaskEnv`, Gymnasium envs of the scalar family)
+    or "auto" (the torch twin when the family has one)."""
+    if backend not in ("auto", "batched", "vector"):
+        raise TaskError(f"backend={backend!r} is not allowed; choose 'auto', 'batched' or 'vector'")
+    spec = check_id(env_id)
+    if backend == "batched" or (backend == "auto" and spec.batched is not None):
+        return make_batched(env_id, num_tasks, envs_per_task, device=device, **env_kwargs)
+    from meta_rl_envs.vector import VectorTaskEnv
+
+    return VectorTaskEnv(env_id, num_tasks, envs_per_task, device=device, **env_kwargs)
+
+
 def extra_available(extra: str) -> bool:
     """Whether the module an optional family needs (its extra's name) can be imported."""
     import importlib.util
@@ -92,18 +195,22 @@ _BUILTIN = [
         "meta_rl_envs.navigation:PointNavEnv",
         "2D point navigation to a goal (MAML): goal ~ U[-0.5,0.5]^2, reward -distance, T=100",
         batched="meta_rl_envs.navigation:BatchedPointNav",
+        references="meta_rl_envs.references:navigation_references",
     ),
     FamilySpec(
         "MetaRL/Bandit-v0",
         "meta_rl_envs.bandits:BernoulliBanditEnv",
         "Bernoulli multi-armed bandit (RL^2): k arms, p_i ~ U[0,1], one pull per episode",
         batched="meta_rl_envs.bandits:BatchedBernoulliBandit",
+        references="meta_rl_envs.references:bandit_references",
+        trainer_defaults={"k": 5},
     ),
     FamilySpec(
         "MetaRL/TabularMDP-v0",
         "meta_rl_envs.tabular:TabularMDPEnv",
         "Random tabular MDP (RL^2): 10 states, 5 actions, T=10, N(mu,1) rewards, Dirichlet(1)",
         batched="meta_rl_envs.tabular:BatchedTabularMDP",
+        references="meta_rl_envs.references:tabular_references",
     ),
     FamilySpec(
         "MetaRL/CartPole-v0",
@@ -188,3 +295,26 @@ _OPTIONAL = [
         extra="metaworld",
     ),
 ]
+
+
+@dataclass(frozen=True)
+class TaskDistribution:
+    """A family id, its constructor kwargs and a split: a value that samples tasks."""
+
+    env_id: str
+    split: str = "train"
+    env_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        check_split(self.split)
+
+    def make_env(self, **overrides: Any) -> gym.Env:
+        check_id(self.env_id)
+        return gym.make(self.env_id, **{**dict(self.env_kwargs), **overrides})
+
+    def sample(self, n: int, rng: np.random.Generator | int | None) -> list[Task]:
+        env = self.make_env()
+        try:
+            return env.unwrapped.sample_tasks(n, rng, self.split)
+        finally:
+            env.close()

@@ -21,8 +21,10 @@ Two wrappers, one layout:
   Gymnasium episode (SB3 and other single-env libraries see a trial as one episode). Each
   ``reset`` starts a trial on the task given in ``options={"task": ...}``, else on a task drawn
   from the family's task space (``split``) with the wrapper's seeded generator.
-- :class:`BatchedTrialEnv` for the torch-batched families
-  (:class:`~meta_rl_envs.batched.BatchedEnv`): one trial per row between two ``reset`` calls.
+- :class:`BatchedTrialEnv` over any env of the batched contract
+  (:class:`~meta_rl_envs.batched.BatchedTaskEnv`: a torch twin, or
+  :class:`~meta_rl_envs.vector.VectorTaskEnv` for a family without one): one trial per row
+  between two ``reset`` calls.
   Rows whose trial is over idle (reward 0, ``info["active"]`` false) until the next ``reset``;
   episodes may differ in length (a navigation episode ends early at the goal), so rows finish
   their trials at different steps.
@@ -36,7 +38,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from meta_rl_envs.batched import BatchedEnv
+from meta_rl_envs.batched import BatchedTaskEnv
 from meta_rl_envs.core import Task, TaskError, as_generator
 
 __all__ = ["BatchedTrialEnv", "TrialWrapper", "action_encoding_size", "trial_observation_space"]
@@ -189,12 +191,12 @@ class BatchedTrialEnv:
     ``max_trial_length`` = ``episodes_per_trial * horizon`` bounds a trial's steps.
     """
 
-    def __init__(self, env: BatchedEnv, episodes_per_trial: int) -> None:
-        needed = ("set_tasks", "reset", "step", "num_envs", "horizon", "single_action_space")
-        if not isinstance(env, BatchedEnv) and not all(hasattr(env, a) for a in needed):
+    def __init__(self, env: BatchedTaskEnv, episodes_per_trial: int) -> None:
+        if not isinstance(env, BatchedTaskEnv):
             raise TaskError(
-                f"env={env!r} has no batched-env contract (a BatchedEnv, or a VectorTaskEnv for "
-                "a family without a batched twin); use TrialWrapper for a single Gymnasium env"
+                f"env={env!r} has no batched-env contract (make one with meta_rl_envs.make_env: "
+                "a torch twin, or a VectorTaskEnv for a family without one); use TrialWrapper "
+                "for a single Gymnasium env"
             )
         self.env = env
         self.episodes_per_trial = _check_episodes(episodes_per_trial)
@@ -203,6 +205,10 @@ class BatchedTrialEnv:
         self.single_observation_space = trial_observation_space(
             env.single_observation_space, env.single_action_space
         )
+        self.observation_space = gym.vector.utils.batch_space(
+            self.single_observation_space, env.num_envs
+        )
+        self.action_space = env.action_space
         self.num_envs, self.num_tasks = env.num_envs, env.num_tasks
         self.envs_per_task, self.device = env.envs_per_task, env.device
         self.horizon = env.horizon

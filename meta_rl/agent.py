@@ -36,7 +36,9 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from meta_rl_envs.batched import BatchedEnv
+from meta_rl_envs.batched import BatchedTaskEnv
+from meta_rl_envs.registry import check_id, make_env
+from meta_rl_envs.wrappers import BatchedTrialEnv
 from torch import Tensor, nn
 
 from meta_rl.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -51,7 +53,6 @@ __all__ = [
     "GradientAgent",
     "MemoryAgent",
     "SpaceMismatchError",
-    "VectorAsBatched",
     "adaptation_curve",
     "check_spaces",
     "load",
@@ -95,12 +96,6 @@ def check_spaces(
         )
 
 
-def _family_spec(env_id: str):
-    from meta_rl_envs.registry import check_id
-
-    return check_id(env_id)
-
-
 # --------------------------------------------------------------------------------------------
 # Trials of a memory agent (per-episode returns)
 # --------------------------------------------------------------------------------------------
@@ -124,7 +119,7 @@ class TrialResult:
 @torch.no_grad()
 def trial_episode_returns(
     policy: Any,
-    env: Any,
+    env: BatchedTrialEnv,
     generator: torch.Generator | None,
     deterministic: bool = False,
     time_feature: bool = False,
@@ -194,33 +189,6 @@ def _unflatten_state(template: Any, flat: list[Tensor]) -> Any:
         return type(t)(*items) if hasattr(t, "_fields") else tuple(items)
 
     return build(template)
-
-
-class VectorAsBatched(BatchedEnv):
-    """A :class:`~meta_rl.rl.rollout.VectorTaskEnv` behind the torch-batched env interface, so
-    :class:`~meta_rl_envs.wrappers.BatchedTrialEnv` runs trials of families without a batched
-    twin (both share the contract: same-step autoreset, ``info["final_obs"]``)."""
-
-    def __init__(self, vec: Any) -> None:
-        super().__init__(vec.num_tasks, vec.envs_per_task, str(vec.device))
-        self.vec = vec
-        self.task_space = vec.task_space
-        self.single_observation_space = vec.single_observation_space
-        self.single_action_space = vec.single_action_space
-        self.horizon = vec.horizon
-
-    def set_tasks(self, tasks: Any) -> None:
-        self.vec.set_tasks(tasks)
-        self.tasks = list(self.vec.tasks)
-
-    def reset(self, seed: int | None = None) -> tuple[Tensor, dict[str, Any]]:
-        return self.vec.reset(seed=seed)
-
-    def step(self, action: Tensor):
-        return self.vec.step(action)
-
-    def close(self) -> None:
-        self.vec.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -326,7 +294,7 @@ class Agent:
     def _move(self, device: torch.device) -> None:
         raise NotImplementedError
 
-    def check_env(self, env: Any, where: str = "env") -> None:
+    def check_env(self, env: gym.Env | BatchedTaskEnv, where: str = "env") -> None:
         """Raise :class:`SpaceMismatchError` unless ``env`` (a Gymnasium env, or a batched /
         vector env with ``single_*_space``) fits this agent's policy."""
         obs = getattr(env, "single_observation_space", None) or env.observation_space
@@ -347,7 +315,7 @@ class Agent:
                     "adapt needs a family env made with gymnasium.make(id) (so it can run "
                     "copies of it) or a Task of the agent's family; this env has no spec id"
                 )
-            _family_spec(spec.id)
+            check_id(spec.id)
             return spec.id, dict(spec.kwargs or {}), base.get_task()
         raise RunError(
             f"adapt takes a Task or a Gymnasium task-family env, got {type(env_or_task).__name__}"
@@ -393,15 +361,13 @@ class GradientAgent(Agent):
         super().__init__(path, info, config, ck)
         from meta_rl.policies.mlp import make_mlp_policy
         from meta_rl.rl.maml import MetaLearner
-        from meta_rl.rl.rollout import make_env
 
         env = make_env(self.env_id, 1, 1, "cpu", config.env_backend, **self.env_kwargs())
         try:
             self.observation_space = env.single_observation_space
             self.action_space = env.single_action_space
         finally:
-            if hasattr(env, "close"):
-                env.close()
+            env.close()
         self.policy = make_mlp_policy(
             self.observation_space,
             self.action_space,
@@ -433,10 +399,10 @@ class GradientAgent(Agent):
             self.learner.lrs = {k: v.to(device) for k, v in self.learner.lrs.items()}
         self.params = {k: v.to(device) for k, v in self.params.items()}
 
-    def make_env(self, num_tasks: int, envs_per_task: int, env_id: str | None = None, **kw: Any):
+    def make_env(
+        self, num_tasks: int, envs_per_task: int, env_id: str | None = None, **kw: Any
+    ) -> BatchedTaskEnv:
         """A ``num_tasks x envs_per_task`` env of ``env_id`` (default: the trained family)."""
-        from meta_rl.rl.rollout import make_env
-
         env_id = env_id or self.env_id
         kwargs = {**(self.env_kwargs() if env_id == self.env_id else {}), **kw}
         env = make_env(env_id, num_tasks, envs_per_task, str(self.device), "auto", **kwargs)
@@ -445,7 +411,7 @@ class GradientAgent(Agent):
 
     def adaptation_curve(
         self,
-        env: Any,
+        env: BatchedTaskEnv,
         tasks: list[Any],
         steps: int,
         seed: int = 0,
@@ -467,13 +433,10 @@ class GradientAgent(Agent):
             raise RunError(f"budget={budget!r} must be a number of inner steps >= 0")
         env_id, kwargs, task = self._resolve_target(env_or_task)
         episodes = int(episodes or self.config.eval_episodes)
-        from meta_rl.rl.rollout import make_env
-
         env = make_env(env_id, 1, episodes, str(self.device), "auto", **kwargs)
         self.check_env(env, f"family {env_id!r}")
         curve = adaptation_curve(self.learner, env, [task], int(budget), seed)
-        if hasattr(env, "close"):
-            env.close()
+        env.close()
         adapted = self._clone()
         adapted.params = {k: v[0].detach().clone() for k, v in curve.params.items()}
         adapted.adapted_on = task
@@ -592,9 +555,7 @@ class MemoryAgent(Agent):
         self.warm_steps = 0
 
     def env_kwargs(self) -> dict[str, Any]:
-        from meta_rl.rl.rl2 import FAMILY_DEFAULTS
-
-        return {**FAMILY_DEFAULTS.get(self.env_id, {}), **self.config.env_kwargs}
+        return check_id(self.env_id).trainer_kwargs(self.config.env_kwargs)
 
     def _move(self, device: torch.device) -> None:
         self.policy.to(device)
@@ -616,22 +577,13 @@ class MemoryAgent(Agent):
 
     def make_trial_env(
         self, num_tasks: int, episodes: int, env_id: str | None = None, **kw: Any
-    ) -> Any:
+    ) -> BatchedTrialEnv:
         """Trials of ``episodes`` episodes on ``num_tasks`` rows: over the family's torch-batched
         env, or over a Gymnasium vector env of it when it has none (any family, e.g. one made
         with the family builder)."""
-        from meta_rl_envs.registry import make_batched
-        from meta_rl_envs.wrappers import BatchedTrialEnv
-
         env_id = env_id or self.env_id
-        spec = _family_spec(env_id)
         kwargs = {**(self.env_kwargs() if env_id == self.env_id else {}), **kw}
-        if spec.batched is not None:
-            base = make_batched(env_id, num_tasks, 1, device=str(self.device), **kwargs)
-        else:
-            from meta_rl.rl.rollout import VectorTaskEnv
-
-            base = VectorAsBatched(VectorTaskEnv(env_id, num_tasks, 1, str(self.device), **kwargs))
+        base = make_env(env_id, num_tasks, 1, str(self.device), **kwargs)
         check_spaces(
             self.observation_space,
             self.action_space,
@@ -643,7 +595,7 @@ class MemoryAgent(Agent):
 
     def run_trials(
         self,
-        env: Any,
+        env: BatchedTrialEnv,
         seed: int = 0,
         deterministic: bool = False,
     ) -> TrialResult:

@@ -146,16 +146,17 @@ def random_rollout(
     device: str = "auto",
     split: str = "train",
 ) -> dict[str, Any]:
-    """Random actions for ``steps`` steps on ``tasks x envs_per_task`` rows of a batched family.
+    """Random actions for ``steps`` steps on ``tasks x envs_per_task`` rows of a family (its
+    torch-batched twin, or Gymnasium envs of it when it has none: :func:`meta_rl_envs.make_env`).
 
     Returns steps per second and, per task, the mean return of the episodes that finished (or
     of the unfinished episode when none did)."""
     import gymnasium as gym
     import numpy as np
     import torch
-    from meta_rl_envs import TaskError, make_batched
+    from meta_rl_envs import TaskError, make_env
 
-    env = make_batched(env_id, tasks, envs_per_task, device=device)
+    env = make_env(env_id, tasks, envs_per_task, device=device)
     task_list = env.sample_tasks(tasks, np.random.default_rng(seed), split)
     env.set_tasks(task_list)
     obs, _ = env.reset(seed=seed)

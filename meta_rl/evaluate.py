@@ -20,10 +20,10 @@ Baselines on the same tasks and seeds:
   runs up to whole PPO rollouts; the report gives the env steps each point actually trained).
   PPO acts as the agent does (sampled actions, or both the most likely one with
   ``deterministic=True``);
-- ``reference``: the analytic solvers shipped in :mod:`meta_rl_envs.references` where the family
-  has them (navigation: the straight-to-goal oracle and standing still; bandits: Bayes-optimal
-  by dynamic programming, Thompson sampling, random; tabular MDPs: PSRL, greedy, the per-MDP
-  optimum, random). They are computed on the same tasks (the same task-space draws from ``seed``).
+- ``reference``: the family's reference solvers (its ``FamilySpec.references``, the same ones
+  RL^2 reports; e.g. navigation: the straight-to-goal oracle and standing still; bandits:
+  Bayes-optimal by dynamic programming, Thompson sampling, UCB1, greedy, random). They are
+  computed on the same tasks (the same task-space draws from ``seed``).
 
 When the env's ``info`` carries ``success`` (e.g. Meta-World), the success rate of each point
 is reported too (gradient agents: after each inner step; memory agents: in each episode of the
@@ -47,11 +47,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from meta_rl_envs import make_env
+from meta_rl_envs.registry import check_id
+from meta_rl_envs.stats import mean_ci95
 
 from meta_rl.agent import Agent, GradientAgent, MemoryAgent, load
 from meta_rl.checkpoint import atomic_write
 from meta_rl.config import ConfigError
-from meta_rl.rl.rollout import VectorTaskEnv
 
 log = logging.getLogger(__name__)
 
@@ -69,58 +71,6 @@ REPORT_VERSION = 1
 BASELINES = ("none", "ppo", "reference")
 REPORT_FILE = "report.json"
 PLOT_FILE = "adaptation.png"
-
-
-def mean_ci95(x: Any) -> dict[str, float]:
-    """Mean, standard error and 95% confidence half-width (normal approximation) over tasks."""
-    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
-    return {"mean": float(x.mean()), "se": se, "ci95": 1.96 * se, "num": int(len(x))}
-
-
-# --------------------------------------------------------------------------------------------
-# Success rates from Gymnasium envs whose info carries "success"
-# --------------------------------------------------------------------------------------------
-class SuccessVectorTaskEnv(VectorTaskEnv):
-    """:class:`~meta_rl.rl.rollout.VectorTaskEnv` that records, per row, whether the row's first
-    episode since ``reset`` reported a true ``info["success"]`` at any step."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._clear()
-
-    def _clear(self) -> None:
-        self._seen = False
-        self._success = np.zeros(self.num_envs, dtype=bool)
-        self._alive = np.ones(self.num_envs, dtype=bool)
-
-    def reset(self, seed: int | None = None):
-        out = super().reset(seed)
-        self._clear()
-        return out
-
-    def step(self, action: torch.Tensor):
-        obs, reward, terminated, truncated, info = super().step(action)
-        if "success" in info:
-            self._seen = True
-            self._success |= info["success"].cpu().numpy() & self._alive
-        self._alive &= ~(terminated | truncated).cpu().numpy()
-        return obs, reward, terminated, truncated, info
-
-    def task_success(self) -> np.ndarray | None:
-        """[T] success rate of each task's episodes since the last reset (None: no info key)."""
-        if not self._seen:
-            return None
-        return self._success.reshape(self.num_tasks, self.envs_per_task).mean(1)
-
-
-def _make_task_env(env_id: str, num_tasks: int, envs_per_task: int, device: str, **kw: Any):
-    """The family's batched env when it has one, else a success-recording vector env."""
-    from meta_rl_envs.registry import check_id, make_batched
-
-    if check_id(env_id).batched is not None:
-        return make_batched(env_id, num_tasks, envs_per_task, device=device, **kw)
-    return SuccessVectorTaskEnv(env_id, num_tasks, envs_per_task, device=device, **kw)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,46 +176,24 @@ def ppo_from_scratch(
 def family_references(
     env_id: str, env_kwargs: dict[str, Any], num_tasks: int, seed: int, split: str, episodes: int
 ) -> dict[str, dict[str, Any]]:
-    """The shipped reference solvers of the family on the evaluated tasks (the same
-    ``task_space.sample(num_tasks, default_rng(seed), split)`` draws), as the mean return of one
-    episode (``per_episode``) and of ``episodes`` episodes (``mean``, ``ci95``). ``{}`` for
-    families without references."""
-    from meta_rl_envs import references as R
-
-    out: dict[str, dict[str, Any]] = {}
-
-    def put(name: str, est: Any, per_trial: bool, exact: bool = False) -> None:
-        mean = float(est.mean if isinstance(est, R.Estimate) else est)
-        se = float(est.se) if isinstance(est, R.Estimate) else 0.0
-        if not per_trial:  # a per-episode estimate: a trial of n episodes scores n times it
-            mean, se = mean * episodes, se * episodes
-        out[name] = {
-            "mean": mean,
-            "se": se,
-            "ci95": 1.96 * se,
-            "per_episode": mean / episodes,
+    """The family's reference solvers (its ``FamilySpec.references``) on the evaluated tasks (the
+    same ``task_space.sample(num_tasks, default_rng(seed), split)`` draws), as the mean return of
+    one episode (``per_episode``) and of ``episodes`` episodes (``mean``, ``ci95``). ``{}`` for
+    families without references; a reference that cannot be computed is left out (logged)."""
+    refs = check_id(env_id).compute_references(episodes, num_tasks, seed, split, env_kwargs)
+    for name, why in refs.skipped.items():
+        log.warning("reference %s not computed: %s", name, why)
+    return {
+        name: {
+            "mean": est.mean,
+            "se": est.se,
+            "ci95": est.ci95,
+            "per_episode": est.mean / episodes,
             "episodes": episodes,
-            "exact": exact,
+            "exact": est.exact,
         }
-
-    kw = dict(env_kwargs)
-    if env_id == "MetaRL/PointNav-v0":
-        nav = {k: kw[k] for k in ("horizon", "max_step", "goal_radius") if k in kw}
-        for name in R.NAV_POLICIES:
-            put(name, R.navigation_return(name, num_tasks, seed, split=split, **nav), False)
-    elif env_id == "MetaRL/Bandit-v0":
-        k = int(kw.get("k", 5))
-        if episodes <= 20 and split != "ood":
-            put("bayes_optimal", R.bandit_bayes_optimal(episodes, k), True, exact=True)
-        for name in ("thompson", "random"):
-            put(name, R.bandit_policy(name, episodes, k, num_tasks, seed, split), True)
-    elif env_id == "MetaRL/TabularMDP-v0":
-        sizes = {key: kw[key] for key in ("num_states", "num_actions", "horizon") if key in kw}
-        put("psrl", R.tabular_psrl(episodes, num_tasks, seed, split=split, **sizes), True)
-        put("greedy", R.tabular_greedy(episodes, num_tasks, seed, split=split, **sizes), True)
-        put("oracle", R.tabular_oracle(episodes, num_tasks, seed, split=split, **sizes), True)
-        put("random", R.tabular_random(episodes, sizes.get("horizon", 10)), True, exact=True)
-    return out
+        for name, est in refs.values.items()
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,7 +239,7 @@ def _point(budget: int, env_steps: float, per_task: Any, success: Any = None) ->
     point = {
         "budget": int(budget),
         "env_steps": float(env_steps),
-        **mean_ci95(per),
+        **mean_ci95(per).to_dict(),
         "per_task": per,
     }
     if success is not None:
@@ -407,7 +335,7 @@ def _evaluate(
         cfg = agent.config
         k = int(budget if budget is not None else cfg.eval_inner_steps)
         per_step = int(episodes or cfg.eval_episodes)
-        env = _make_task_env(family, tasks, per_step, str(agent.device), **kwargs)
+        env = make_env(family, tasks, per_step, str(agent.device), **kwargs)
         agent.check_env(env, f"family {family!r}")
         task_list = env.sample_tasks(tasks, rng, split)
         success: list[Any] = []
@@ -427,7 +355,7 @@ def _evaluate(
                     deterministic=True,
                 )
                 measured.append(ep.task_returns())
-            success.append(env.task_success() if hasattr(env, "task_success") else None)
+            success.append(env.task_success())
 
         curve = agent.adaptation_curve(env, task_list, k, seed, after_sampling=record)
         returns = torch.stack(measured) if deterministic else curve.returns
@@ -471,12 +399,12 @@ def _evaluate(
                 "points": points,
             }
         )
-        trial_total = mean_ci95(res.returns.sum(0).cpu())
+        trial_total = mean_ci95(res.returns.sum(0).cpu()).to_dict()
         trial_total["per_task"] = [float(v) for v in res.returns.sum(0).cpu()]
     bar.done()
     first_returns = np.asarray(points[0]["per_task"])
     for p in points[1:]:  # paired over the same tasks: the noise of task difficulty cancels
-        p["gain"] = mean_ci95(np.asarray(p["per_task"]) - first_returns)
+        p["gain"] = mean_ci95(np.asarray(p["per_task"]) - first_returns).to_dict()
     budget_steps = points[-1]["env_steps"]  # experience before the last point
     xs = [p["env_steps"] for p in points]
 

@@ -23,9 +23,10 @@ import gymnasium as gym
 import numpy as np
 import torch
 from meta_rl_envs import references as R
+from meta_rl_envs.stats import mean_ci95
 from meta_rl_envs.wrappers import TrialWrapper
 
-from meta_rl.rl.rl2 import RL2Config, make_trial_env, mean_ci95, train
+from meta_rl.rl.rl2 import RL2Config, make_trial_env, train
 
 
 def ours(args) -> tuple[dict, float, RL2Config]:
@@ -80,7 +81,7 @@ def recurrent_ppo(args, config: RL2Config) -> tuple[dict, float]:
         obs, reward, _, _, info = tenv.step(torch.as_tensor(action))
         total += reward * info["active"]
     res = mean_ci95(total)
-    return {"score": res["mean"], "ci95": res["ci95"], "steps": steps}, seconds
+    return {"score": res.mean, "ci95": res.ci95, "steps": steps}, seconds
 
 
 def main() -> None:

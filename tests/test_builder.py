@@ -114,3 +114,29 @@ def test_set_task_changes_the_dynamics_and_validates():
 def test_bad_input_names_the_problem(base, params, kwargs, match):
     with pytest.raises(TaskError, match=match):
         make_family(base, params, **kwargs)
+
+
+def test_the_readme_family_snippet_registers_its_id():
+    """The README's make_family snippet ends with the one call that registers the family, so
+    gym.make("MetaRL/Acrobot-v0") works right after it (it raised NameNotFound)."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, re.S)
+    (snippet,) = [b for b in blocks if "make_family(" in b and "Acrobot" in b]
+    namespace: dict = {}
+    exec(compile(snippet, "README.md", "exec"), namespace)
+    env = gym.make("MetaRL/Acrobot-v0")
+    fam = env.unwrapped
+    assert type(fam).__name__ == "AcrobotFamily" and fam.horizon == 500
+    task = fam.sample_tasks(1, rng=0, split="ood")[0]
+    _, info = env.reset(seed=0, options={"task": task})
+    assert info["task"] == task.to_dict()
+    env.close()
+    from meta_rl_envs import check_id, make_env
+
+    assert check_id("MetaRL/Acrobot-v0").entry_point is namespace["AcrobotFamily"]
+    vec = make_env("MetaRL/Acrobot-v0", 2, 1)  # trainers find it too (the Gymnasium adapter)
+    assert vec.horizon == 500
+    vec.close()

@@ -102,3 +102,55 @@ def test_task_distribution_is_a_value_that_samples():
     assert tasks == dist.sample(4, 0)
     with pytest.raises(TaskError, match="unknown family id 'MetaRL/Nope-v0'.*MetaRL/PointNav-v0"):
         TaskDistribution("MetaRL/Nope-v0").sample(1, 0)
+
+
+def _legacy_sample(space, n, seed, split):
+    """The block draw the task spaces used before prefix-stable sampling (issue 14): every
+    parameter of a block of candidates in turn. One-parameter spaces must still draw exactly
+    this (PointNav and Bandit runs keep their numbers)."""
+    rng = np.random.default_rng(seed)
+    tasks = []
+    while len(tasks) < n:
+        block = max(8, 2 * (n - len(tasks)))
+        values = {k: p.sample(rng, block, split == "ood") for k, p in space.params.items()}
+        for i in range(block):
+            task = space._build(values, i)
+            if space.split_of(task) == split and len(tasks) < n:
+                tasks.append(task)
+    return tasks, rng.random()
+
+
+@pytest.mark.parametrize(
+    "env_id",
+    ["MetaRL/CartPole-v0", "MetaRL/TabularMDP-v0", "MetaRL/PointNav-v0", "MetaRL/Pendulum-v0"],
+)
+@pytest.mark.parametrize("split", ["train", "test", "ood"])
+def test_the_first_k_tasks_of_a_seeded_draw_do_not_depend_on_n(env_id, split):
+    """sample_tasks(3, rng=0) == sample_tasks(5, rng=0)[:3], for families with several
+    parameters too (CartPole, Pendulum, tabular MDPs), on every split they have."""
+    from meta_rl_envs import make_batched, make_env
+
+    env = make_env(env_id, 1)
+    space = env.task_space
+    if split not in space.splits:
+        pytest.skip(f"{env_id} has no {split} split")
+    for k, n in ((3, 5), (1, 40), (8, 9)):
+        assert env.sample_tasks(k, 0, split) == env.sample_tasks(n, 0, split)[:k]
+    if env_id == "MetaRL/CartPole-v0":
+        batched = make_batched(env_id, 1)
+        assert batched.sample_tasks(3, 0, split) == batched.sample_tasks(5, 0, split)[:3]
+    env.close()
+
+
+@pytest.mark.parametrize("k", [1, 5, 10])
+def test_one_parameter_spaces_draw_the_same_tasks_as_before(k):
+    from meta_rl_envs.bandits import bandit_space
+    from meta_rl_envs.navigation import goal_space
+
+    cases = ((goal_space(), "train"), (goal_space(), "test"), (bandit_space(k), "test"))
+    for space, split in cases:
+        for n in (1, 3, 8, 50):
+            rng = np.random.default_rng(n)
+            tasks = space.sample(n, rng, split)
+            want, after = _legacy_sample(space, n, n, split)
+            assert tasks == want and rng.random() == after  # same tasks, same rng state after

@@ -169,9 +169,8 @@ def test_family_builder_env_not_trained_on_with_success_rate(grad_run):
 def test_trial_env_passes_success_per_step():
     """A trial over a Gymnasium family reports info["success"] per row and step (and False for
     rows that have finished their trial)."""
+    from meta_rl_envs.vector import VectorTaskEnv
     from meta_rl_envs.wrappers import BatchedTrialEnv
-
-    from meta_rl.rl.rollout import VectorTaskEnv
 
     env = BatchedTrialEnv(VectorTaskEnv("MetaRLTest/Reach-v0", 2, 1), 2)
     near, far = (env.task_space.validate({"goal_x": g, "goal_y": g}) for g in (0.05, 0.45))
@@ -227,7 +226,8 @@ def test_memory_agent_episode_curve_and_bandit_references(mem_run):
     refs = report["references"]
     assert refs["bayes_optimal"]["mean"] == pytest.approx(6.66, abs=0.01)  # exact DP, n=10
     assert refs["bayes_optimal"]["per_episode"] == pytest.approx(0.666, abs=0.001)
-    assert set(refs) == {"bayes_optimal", "thompson", "random"}
+    # the family's references, the same set RL^2's final metrics report
+    assert set(refs) == {"bayes_optimal", "thompson", "ucb1", "greedy", "random"}
     ppo = report["series"][-1]
     assert ppo["name"] == "ppo" and ppo["points"][0]["budget"] == 9
     assert "Trial total (10 episodes)" in markdown_table(report)

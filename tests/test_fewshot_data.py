@@ -13,7 +13,6 @@ from PIL import Image
 from meta_rl.fewshot.data import (
     EpisodeSampler,
     ImageSet,
-    load_glyphs,
     load_omniglot,
     occurrence_index,
     omniglot_split,
@@ -26,6 +25,7 @@ from meta_rl.fewshot.glyphs import (
     glyph_params,
     letter_inventory,
     letter_script,
+    load_glyphs,
     resolve_fonts,
 )
 

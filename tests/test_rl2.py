@@ -177,9 +177,9 @@ def test_eval_split_picks_the_evaluation_tasks_and_the_references():
     assert all(max(abs(g) for g in t.goal) > 0.5 for t in goals)  # outside the training square
     refs = {s: reference_returns(replace(ood, eval_split=s), 200, 0) for s in ("test", "ood")}
     # standing still costs more than twice as much when the goals lie further out
-    assert refs["ood"]["zero"]["mean"] < 2 * refs["test"]["zero"]["mean"]
+    assert refs["ood"]["zero"].mean < 2 * refs["test"]["zero"].mean
     final = train(replace(ood, references=True))  # references on the evaluation's tasks
-    same = reference_returns(ood, ood.eval_tasks, ood.seed + 2)["zero"]["mean"]
+    same = reference_returns(ood, ood.eval_tasks, ood.seed + 2)["zero"].mean
     assert final["ref_zero"] == pytest.approx(same)
     with pytest.raises(Exception, match="ood"):  # tabular MDPs have no ood split
         train(RL2Config(**TINY, env_id="MetaRL/TabularMDP-v0", eval_split="ood"))
@@ -188,9 +188,9 @@ def test_eval_split_picks_the_evaluation_tasks_and_the_references():
 def test_references_in_the_same_run():
     refs = reference_returns(RL2Config(episodes_per_trial=10), 200, 0)
     assert set(refs) == {"bayes_optimal", "thompson", "ucb1", "greedy", "random"}
-    assert refs["bayes_optimal"]["mean"] == pytest.approx(6.66, abs=0.01)
+    assert refs["bayes_optimal"].mean == pytest.approx(6.66, abs=0.01)
     tab = reference_returns(RL2Config(env_id="MetaRL/TabularMDP-v0", episodes_per_trial=2), 50, 0)
-    assert tab["random"]["mean"] == 20.0 and tab["oracle"]["mean"] > tab["psrl"]["mean"]
+    assert tab["random"].mean == 20.0 and tab["oracle"].mean > tab["psrl"].mean
 
 
 def test_gru_bandits_beat_thompson_sampling():

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from meta_rl_envs import make_env
 from torch.func import functional_call
 
 from meta_rl.checkpoint import list_checkpoints
@@ -22,7 +23,7 @@ from meta_rl.rl.maml import (
     TrainingDiverged,
     train,
 )
-from meta_rl.rl.rollout import compute_advantages, make_env, sample_episodes
+from meta_rl.rl.rollout import compute_advantages, sample_episodes
 from meta_rl.rl.trpo import (
     FisherProduct,
     GaussNewtonKL,

@@ -2,16 +2,13 @@
 
 import pytest
 import torch
+from meta_rl_envs import make_env
 from meta_rl_envs.navigation import GoalTask
+from meta_rl_envs.vector import VectorTaskEnv
 
 from meta_rl.core import expand_params
 from meta_rl.policies import make_mlp_policy
-from meta_rl.rl.rollout import (
-    VectorTaskEnv,
-    compute_advantages,
-    make_env,
-    sample_episodes,
-)
+from meta_rl.rl.rollout import compute_advantages, sample_episodes
 
 GOALS = [GoalTask((0.3, 0.0)), GoalTask((0.0, -0.4)), GoalTask((-0.2, 0.2))]
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from meta_rl_envs.stats import mean_ci95
 from torch import Tensor, nn
 
 from meta_rl import distributed, loop
@@ -43,7 +44,7 @@ from meta_rl.core import (
     reptile_update_,
     tune_cpu_allocator,
 )
-from meta_rl.fewshot.metric import GlyphData, glyph_splits, mean_ci95
+from meta_rl.fewshot.metric import GlyphData, glyph_splits
 from meta_rl.fewshot.models import MLP, Conv4
 from meta_rl.fewshot.sinusoid import SinusoidFamily
 
@@ -298,9 +299,9 @@ def evaluate(
     out: dict[str, float] = {}
     for k in range(steps + 1):
         for j, name in enumerate(names):
-            mean, ci = mean_ci95(scores[k, :, j])
-            out[f"{prefix}/{name}_step{k}"] = mean
-            out[f"{prefix}/{name}_step{k}_ci95"] = ci
+            est = mean_ci95(scores[k, :, j])
+            out[f"{prefix}/{name}_step{k}"] = est.mean
+            out[f"{prefix}/{name}_step{k}_ci95"] = est.ci95
     return out
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from meta_rl_envs.stats import mean_ci95
 from torch import Tensor, nn
 
 from meta_rl import distributed
@@ -44,7 +45,6 @@ from meta_rl.fewshot.metric import (
     episode_shard,
     fit,
     glyph_splits,
-    mean_ci95,
     resolve_device,
 )
 from meta_rl.fewshot.models import seeded
@@ -267,10 +267,11 @@ def evaluate(
         done += b
     model.train(was_training)
     out = {}
-    out["accuracy"], out["ci95"] = mean_ci95(overall)
+    est = mean_ci95(overall)
+    out["accuracy"], out["ci95"] = est.mean, est.ci95
     for i in instances:
-        mean, ci = mean_ci95(per_episode[i])
-        out[f"instance_{i}"], out[f"instance_{i}_ci95"] = mean, ci
+        est = mean_ci95(per_episode[i])
+        out[f"instance_{i}"], out[f"instance_{i}_ci95"] = est.mean, est.ci95
     return out
 
 

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from meta_rl_envs.stats import mean_ci95
 from torch import Tensor, nn
 
 from meta_rl import distributed, loop
@@ -58,7 +59,6 @@ __all__ = [
     "contrastive_loss",
     "evaluate",
     "glyph_splits",
-    "mean_ci95",
     "prototypes",
     "train_protonet",
     "train_siamese",
@@ -185,14 +185,6 @@ def glyph_splits(config: GlyphData) -> dict[str, ImageSet]:
     return split_by_group(images, seed=config.split_seed)
 
 
-def mean_ci95(values: np.ndarray | list[float]) -> tuple[float, float]:
-    """Mean and half-width of the normal 95% confidence interval of the mean."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size < 2:
-        return float(v.mean()) if v.size else math.nan, math.nan
-    return float(v.mean()), float(1.96 * v.std(ddof=1) / math.sqrt(v.size))
-
-
 Predictor = Callable[[Tensor, Tensor, Tensor, int], Tensor]
 """``(xs, ys, xq, n_way) -> logits [B, N*Q, n_way]``"""
 
@@ -209,8 +201,8 @@ def evaluate(
         xs, ys, xq, yq = sampler.sample(b)
         logits = predict(xs, ys, xq, sampler.n_way)
         accs += (logits.argmax(-1) == yq).float().mean(-1).tolist()
-    acc, ci = mean_ci95(accs)
-    return {"accuracy": acc, "ci95": ci}
+    est = mean_ci95(accs)
+    return {"accuracy": est.mean, "ci95": est.ci95}
 
 
 def _check_episode(xs: Tensor, ys: Tensor, xq: Tensor) -> None:

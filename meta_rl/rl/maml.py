@@ -33,6 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from meta_rl_envs import make_env
 from torch import Tensor
 
 from meta_rl import distributed, loop
@@ -43,7 +44,7 @@ from meta_rl.loop import TrainingDiverged
 from meta_rl.policies import distributions as D
 from meta_rl.policies.mlp import MLPPolicy, make_mlp_policy
 from meta_rl.rl.ppo import clipped_surrogate
-from meta_rl.rl.rollout import Episodes, compute_advantages, make_env, sample_episodes
+from meta_rl.rl.rollout import Episodes, compute_advantages, sample_episodes
 from meta_rl.rl.trpo import FisherProduct, GaussNewtonKL, LossWithGrad, trpo_step
 
 log = logging.getLogger(__name__)

@@ -13,16 +13,14 @@ trial. We train with PPO over whole trials:
    the initial state (full backpropagation through time).
 
 Evaluation runs one trial on each of ``eval_tasks`` test-split tasks (fixed by the seed) and
-reports the mean total reward of a trial with a 95% confidence interval, beside the reference
-solvers of ``meta_rl_envs.references`` computed in the same run (bandits: Bayes-optimal DP,
-Thompson sampling, UCB1, greedy, random; tabular MDPs: PSRL, the per-MDP optimum, random;
-navigation: standing still, walking straight to the goal).
+reports the mean total reward of a trial with a 95% confidence interval, beside the family's
+reference solvers (its ``FamilySpec.references``, e.g. bandits: Bayes-optimal DP, Thompson
+sampling, UCB1, greedy, random) computed in the same run on the same tasks.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,7 +29,8 @@ import gymnasium as gym
 import numpy as np
 import torch
 from meta_rl_envs.batched import resolve_device
-from meta_rl_envs.registry import check_id, make_batched
+from meta_rl_envs.registry import check_id, make_env
+from meta_rl_envs.stats import Estimate, mean_ci95
 from meta_rl_envs.wrappers import BatchedTrialEnv
 
 from meta_rl import distributed, loop
@@ -59,9 +58,6 @@ __all__ = [
     "rollout",
     "train",
 ]
-
-FAMILY_DEFAULTS = {"MetaRL/Bandit-v0": {"k": 5}}
-
 
 # fields that only one kind of policy reads: setting them for another is a config error
 POLICY_ONLY_FIELDS = {
@@ -186,13 +182,10 @@ class RL2Config(BaseConfig):
 def make_trial_env(
     config: RL2Config, num_tasks: int, envs_per_task: int, device: torch.device
 ) -> BatchedTrialEnv:
-    kwargs = {**FAMILY_DEFAULTS.get(config.env_id, {}), **config.env_kwargs}
-    if check_id(config.env_id).batched is None:  # no torch twin: one Gymnasium env per row
-        from meta_rl.rl.rollout import VectorTaskEnv
-
-        env = VectorTaskEnv(config.env_id, num_tasks, envs_per_task, device=str(device), **kwargs)
-    else:
-        env = make_batched(config.env_id, num_tasks, envs_per_task, device=str(device), **kwargs)
+    """Trials of the config's family on ``num_tasks x envs_per_task`` rows: over its torch twin,
+    or over Gymnasium envs of it when it has none (:func:`meta_rl_envs.make_env`)."""
+    kwargs = check_id(config.env_id).trainer_kwargs(config.env_kwargs)
+    env = make_env(config.env_id, num_tasks, envs_per_task, device=str(device), **kwargs)
     return BatchedTrialEnv(env, config.episodes_per_trial)
 
 
@@ -302,20 +295,13 @@ def rollout(
     return Trials(**{k: torch.stack(v) for k, v in buf.items()})
 
 
-def mean_ci95(x: torch.Tensor | np.ndarray) -> dict[str, float]:
-    """Mean, standard error and 95% confidence half-width (normal approximation)."""
-    x = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
-    se = float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else float("nan")
-    return {"mean": float(x.mean()), "se": se, "ci95": 1.96 * se, "num": len(x)}
-
-
 def evaluate(
     config: RL2Config,
     policy: RecurrentPolicy,
     env: BatchedTrialEnv,
     seed: int,
     deterministic: bool | None = None,
-) -> dict[str, float]:
+) -> Estimate:
     """Mean total reward of one trial on each of ``env``'s (test) tasks, with its 95% CI."""
     gen = torch.Generator(device=env.device).manual_seed(seed)
     det = config.eval_deterministic if deterministic is None else deterministic
@@ -324,43 +310,18 @@ def evaluate(
     return mean_ci95(trials.totals())
 
 
-def reference_returns(config: RL2Config, num_tasks: int, seed: int) -> dict[str, dict[str, float]]:
-    """The family's reference solvers over ``num_tasks`` tasks of ``config.eval_split``: name ->
-    mean/se/ci95 (the same tasks as the evaluation for the same ``seed``).
-
-    Families without shipped references return ``{}``."""
-    from meta_rl_envs import references as R
-
-    n, split = config.episodes_per_trial, config.eval_split
-    kw = {**FAMILY_DEFAULTS.get(config.env_id, {}), **config.env_kwargs}
-    out: dict[str, dict[str, float]] = {}
-
-    def put(name: str, est: Any, scale: float = 1.0) -> None:
-        if isinstance(est, R.Estimate):
-            se = est.se * scale
-            out[name] = {"mean": est.mean * scale, "se": se, "ci95": 1.96 * se, "num": est.num}
-        else:
-            out[name] = {"mean": float(est) * scale, "se": 0.0, "ci95": 0.0, "num": 0}
-
-    if config.env_id == "MetaRL/Bandit-v0":
-        k = int(kw.get("k", 5))
-        if n <= 20 and split != "ood":  # exact under the prior, which ood tasks leave
-            put("bayes_optimal", R.bandit_bayes_optimal(n, k))
-        for name in R.BANDIT_POLICIES:
-            put(name, R.bandit_policy(name, n, k, num_tasks, seed, split))
-    elif config.env_id == "MetaRL/TabularMDP-v0":
-        sizes = {key: kw[key] for key in ("num_states", "num_actions", "horizon") if key in kw}
-        sizes["split"] = split
-        put("psrl", R.tabular_psrl(n, num_tasks, seed, **sizes))
-        put("psrl_prior0", R.tabular_psrl(n, num_tasks, seed, reward_prior_mean=0.0, **sizes))
-        put("greedy", R.tabular_greedy(n, num_tasks, seed, **sizes))
-        put("oracle", R.tabular_oracle(n, num_tasks, seed, **sizes))
-        put("random", R.tabular_random(n, kw.get("horizon", 10)))
-    elif config.env_id == "MetaRL/PointNav-v0":
-        nav = {key: kw[key] for key in ("horizon", "max_step", "goal_radius") if key in kw}
-        for name in R.NAV_POLICIES:  # per-episode returns; a trial is n episodes
-            put(name, R.navigation_return(name, num_tasks, seed, split=split, **nav), scale=n)
-    return out
+def reference_returns(config: RL2Config, num_tasks: int, seed: int) -> dict[str, Estimate]:
+    """The family's reference solvers (``FamilySpec.references``) over a trial of
+    ``episodes_per_trial`` episodes on ``num_tasks`` tasks of ``config.eval_split``: name -> total
+    reward (the same tasks as the evaluation for the same ``seed``). Families without shipped
+    references return ``{}``; a reference that cannot be computed is left out with a warning."""
+    spec = check_id(config.env_id)
+    refs = spec.compute_references(
+        config.episodes_per_trial, num_tasks, seed, config.eval_split, config.env_kwargs
+    )
+    for name, why in refs.skipped.items():
+        log.warning("reference %s not computed: %s", name, why)
+    return refs.values
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +363,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
 
     def evaluation() -> dict[str, float]:
         res = evaluate(config, policy, eval_env, config.seed + 5)
-        return {"eval_return": res["mean"], "eval_ci95": res["ci95"]}
+        return {"eval_return": res.mean, "eval_ci95": res.ci95}
 
     # ---- resume --------------------------------------------------------------------------
     start, env_steps = 0, 0
@@ -509,9 +470,9 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
     final = loop.final(metrics, evaluation)
     other = evaluate(config, policy, eval_env, config.seed + 5, not config.eval_deterministic)
     tag = "sampled" if config.eval_deterministic else "mode"
-    final[f"eval_return_{tag}"], final[f"eval_ci95_{tag}"] = other["mean"], other["ci95"]
+    final[f"eval_return_{tag}"], final[f"eval_ci95_{tag}"] = other.mean, other.ci95
     if config.references:
         for name, est in reference_returns(config, config.eval_tasks, config.seed + 2).items():
-            final[f"ref_{name}"] = est["mean"]
-            final[f"ref_{name}_ci95"] = est["ci95"]
+            final[f"ref_{name}"] = est.mean
+            final[f"ref_{name}_ci95"] = est.ci95
     return final

@@ -1,10 +1,11 @@
 """Sampling episodes for many tasks at once, each task with its own (adapted) policy params.
 
-The env is either a torch-batched family (:func:`meta_rl_envs.make_batched`) or a Gymnasium
-vector env of the scalar family with one sub-env per row (:class:`VectorTaskEnv`, for families
+The env is any :class:`~meta_rl_envs.batched.BatchedTaskEnv` made by
+:func:`meta_rl_envs.make_env`: a torch-batched family, or a Gymnasium vector env of the scalar
+family with one sub-env per row (:class:`~meta_rl_envs.vector.VectorTaskEnv`, for families
 without a batched version). Both have ``num_tasks x envs_per_task`` rows, row ``r`` running task
 ``r // envs_per_task``, and the same ``set_tasks`` / ``reset`` / ``step`` contract (same-step
-autoreset, ``info["final_obs"]``); :func:`make_env` picks one.
+autoreset, ``info["final_obs"]``).
 
 :func:`sample_episodes` runs ONE episode per row (at most ``horizon`` steps): the policy's
 forward for all tasks is one batched call with stacked per-task params, the env steps all rows
@@ -14,13 +15,11 @@ at once, and steps after a row's first episode ended are masked out. Data is tim
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
 
-import gymnasium as gym
-import numpy as np
 import torch
+from meta_rl_envs.batched import BatchedTaskEnv
 from torch import Tensor
 
 from meta_rl.policies import distributions as D
@@ -29,144 +28,9 @@ from meta_rl.rl.returns import discounted_returns, fit_linear_baseline, gae
 
 __all__ = [
     "Episodes",
-    "VectorTaskEnv",
-    "make_env",
     "sample_episodes",
     "compute_advantages",
 ]
-
-
-# --------------------------------------------------------------------------------------------
-# Gymnasium vector env with one task per row (for families without a batched version)
-# --------------------------------------------------------------------------------------------
-class VectorTaskEnv:
-    """A ``gymnasium.vector.SyncVectorEnv`` of ``num_tasks * envs_per_task`` scalar family envs
-    behind the batched-env contract (torch tensors in and out, same-step autoreset)."""
-
-    def __init__(
-        self,
-        env_id: str,
-        num_tasks: int,
-        envs_per_task: int = 1,
-        device: str = "cpu",
-        **env_kwargs: Any,
-    ) -> None:
-        from meta_rl_envs.batched import resolve_device
-
-        for name, v in (("num_tasks", num_tasks), ("envs_per_task", envs_per_task)):
-            if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"{name}={v!r} must be a positive integer")
-        self.num_tasks = int(num_tasks)
-        self.envs_per_task = int(envs_per_task)
-        self.num_envs = self.num_tasks * self.envs_per_task
-        self.device = resolve_device(device)
-        self.envs = gym.vector.SyncVectorEnv(
-            [lambda: gym.make(env_id, **env_kwargs) for _ in range(self.num_envs)],
-            autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
-        )
-        first = self.envs.envs[0]
-        self.family = first.unwrapped
-        if not hasattr(self.family, "set_task"):
-            raise ValueError(f"env {env_id!r} is not a task family (no set_task)")
-        self.task_space = self.family.task_space
-        self.single_observation_space = self.envs.single_observation_space
-        self.single_action_space = self.envs.single_action_space
-        horizon = getattr(self.family, "horizon", None) or (
-            first.spec and first.spec.max_episode_steps
-        )
-        if not horizon:
-            raise ValueError(f"env {env_id!r} has no horizon (family.horizon or a TimeLimit)")
-        self.horizon = int(horizon)
-        self.tasks: list[Any] = []
-        self._seed_rng = np.random.default_rng(0)
-
-    def sample_tasks(self, n: int, rng: Any, split: str = "train") -> list[Any]:
-        return self.task_space.sample(n, rng, split)
-
-    def set_tasks(self, tasks: Sequence[Any]) -> None:
-        if len(tasks) != self.num_tasks:
-            raise ValueError(
-                f"set_tasks got {len(tasks)} tasks; this env has num_tasks={self.num_tasks}"
-            )
-        self.tasks = [self.task_space.validate(t) for t in tasks]
-        for i, env in enumerate(self.envs.envs):
-            env.unwrapped.set_task(self.tasks[i // self.envs_per_task])
-
-    row_window: tuple[int, int] | None = None
-    """``(first_row, total_rows)`` of a data-parallel shard: row ``i`` is reset with seed
-    ``seed + first_row + i``, as in the whole ``total_rows``-row env"""
-
-    def reset(self, seed: int | None = None) -> tuple[Tensor, dict[str, Any]]:
-        if not self.tasks:
-            raise ValueError("call set_tasks(tasks) before reset()")
-        if seed is not None and self.row_window is not None:
-            seed = [seed + self.row_window[0] + i for i in range(self.num_envs)]
-        obs, info = self.envs.reset(seed=seed)
-        return self._tensor(obs), info
-
-    def _tensor(self, x: np.ndarray) -> Tensor:
-        t = torch.as_tensor(np.asarray(x), device=self.device)
-        return t.float() if t.is_floating_point() else t
-
-    def step(self, action: Tensor):
-        """Batched-env step; ``info`` holds ``final_obs`` and, when the envs report one,
-        ``success`` (``[N]`` bool: ``info["success"]`` was true at this step)."""
-        obs, reward, terminated, truncated, info = self.envs.step(action.cpu().numpy())
-        final = np.array(obs, copy=True)
-        if "_final_obs" in info:
-            for i in np.flatnonzero(info["_final_obs"]):
-                final[i] = info["final_obs"][i]
-        out = {"final_obs": self._tensor(final)}
-        success = info_success(info)
-        if success is not None:
-            out["success"] = torch.as_tensor(success, device=self.device)
-        return (
-            self._tensor(obs),
-            self._tensor(reward).float(),
-            torch.as_tensor(terminated, device=self.device),
-            torch.as_tensor(truncated, device=self.device),
-            out,
-        )
-
-    def close(self) -> None:
-        self.envs.close()
-
-
-def info_success(info: dict[str, Any]) -> np.ndarray | None:
-    """Per-row ``info["success"]`` of a Gymnasium vector env's step as a bool array (a row
-    whose env did not report it counts as False), including the ``final_info`` of rows reset in
-    the same step; ``None`` when no row reported it."""
-    hit, seen = None, False
-    for part in (info, info.get("final_info")):
-        if not isinstance(part, dict) or "success" not in part:
-            continue
-        values = np.asarray(part["success"], dtype=np.float64) > 0
-        values &= np.asarray(part.get("_success", np.ones_like(values)), dtype=bool)
-        hit, seen = (values if hit is None else hit | values), True
-    return hit if seen else None
-
-
-def make_env(
-    env_id: str,
-    num_tasks: int,
-    envs_per_task: int = 1,
-    device: str = "cpu",
-    backend: str = "auto",
-    **env_kwargs: Any,
-):
-    """A ``num_tasks x envs_per_task`` env: ``backend`` "batched" (torch), "vector" (Gymnasium
-    ``SyncVectorEnv`` of the scalar family) or "auto" (batched when the family has one)."""
-    from meta_rl_envs.registry import FAMILIES, check_id, make_batched
-
-    if backend not in ("auto", "batched", "vector"):
-        raise ValueError(
-            f"backend={backend!r} is not allowed; choose 'auto', 'batched' or 'vector'"
-        )
-    check_id(env_id)
-    has_batched = env_id in FAMILIES and FAMILIES[env_id].batched is not None
-    if backend == "batched" or (backend == "auto" and has_batched):
-        return make_batched(env_id, num_tasks, envs_per_task, device=device, **env_kwargs)
-    return VectorTaskEnv(env_id, num_tasks, envs_per_task, device=device, **env_kwargs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,7 +85,7 @@ class Episodes:
 
 @torch.no_grad()
 def sample_episodes(
-    env: Any,
+    env: BatchedTaskEnv,
     policy: MLPPolicy,
     params: Mapping[str, Tensor],
     generator: torch.Generator | None,
