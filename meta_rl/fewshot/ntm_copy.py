@@ -29,12 +29,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 import torch.nn.functional as F
+from meta_rl_envs.stats import mean_ci95
 from torch import Tensor, nn
 
 from meta_rl import distributed
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
 from meta_rl.core.ntm import NTMCore
-from meta_rl.fewshot.metric import episode_shard, fit, mean_ci95, resolve_device
+from meta_rl.fewshot.metric import episode_shard, fit, resolve_device
 from meta_rl.fewshot.models import seeded
 
 log = logging.getLogger(__name__)
@@ -179,7 +180,8 @@ def evaluate(
         costs += error_bits(logits, y).tolist()
         bces.append(F.binary_cross_entropy_with_logits(logits, y).item())
     out = {}
-    out["cost"], out["cost_ci95"] = mean_ci95(costs)
+    est = mean_ci95(costs)
+    out["cost"], out["cost_ci95"] = est.mean, est.ci95
     out["bce"] = float(np.mean(bces))
     for n in long_lengths:
         x, y = copy_batch(rng, long_count, n, model.bits, device)
