@@ -249,14 +249,38 @@ def test_core_reset_restarts_rows():
         core(torch.zeros(2, 4), core.initial_state(2))
 
 
-def test_core_is_seed_determined():
+def test_core_is_seed_determined_and_starts_from_its_initial_memory():
     with seeded(5):
-        a = NTMCore(3, hidden_size=8, slots=6, width=3)
+        a = NTMCore(3, hidden_size=8, slots=6, width=3, memory_init="random")
     with seeded(5):
-        b = NTMCore(3, hidden_size=8, slots=6, width=3)
+        b = NTMCore(3, hidden_size=8, slots=6, width=3, memory_init="random")
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(x, y), name
-    assert a.memory0.abs().max() <= 1 / math.sqrt(6 + 3)
+    assert 0 < a.memory0.abs().max() <= 1 / math.sqrt(6 + 3)
+    constant = NTMCore(3, hidden_size=8, slots=6, width=3)
+    assert torch.all(constant.memory0 == 1e-6)
+    state = constant.initial_state(2)
+    assert torch.equal(state.memory.memory[1], constant.memory0)
+    w0 = torch.softmax(constant.weights0, -1)
+    assert torch.allclose(state.memory.read_weights[1], w0[:1])
+    assert torch.allclose(state.memory.write_weights[1], w0[1:])
+    with pytest.raises(ValueError, match="memory_init"):
+        NTMCore(3, memory_init="zeros")
+
+
+def test_bounded_core_clips_the_interface_and_squashes_keys_and_adds():
+    """With huge interface outputs a bounded cell keeps its memory writes in [-1, 1] (tanh adds
+    over a memory that starts at 1e-6); an unbounded one writes them as they come."""
+    x = torch.randn(4, 3, generator=_gen(0))
+    for bounded in (True, False):
+        with seeded(0):
+            core = NTMCore(3, hidden_size=8, slots=6, width=3, bounded=bounded)
+        with torch.no_grad():
+            core.interface.weight.mul_(1e3)
+        _, state = core(x, core.initial_state(4))
+        biggest = state.memory.memory.abs().max().item()
+        assert (biggest <= 1.0 + 1e-5) == bounded, (bounded, biggest)
+        assert torch.isfinite(state.memory.read_weights).all()
 
 
 def test_addressing_gradients_match_finite_differences():

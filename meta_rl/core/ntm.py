@@ -61,6 +61,8 @@ SHIFTS = 3
 """taps of the shift kernel: shifts -1, 0, +1"""
 PARAMS_PER_HEAD = SHIFTS + 3
 """raw addressing numbers per head beside the key: beta, gate, 3 shift logits, gamma"""
+INTERFACE_CLIP = 20.0
+"""bound of the controller's interface outputs in a bounded :class:`NTMCore`"""
 
 
 class NTMState(NamedTuple):
@@ -265,15 +267,23 @@ class NTMCore(nn.Module):
 
     Each step the controller (LSTM or GRU) sees ``[x_t, r_{t-1}]``; from its hidden state a
     linear interface emits every head's addressing parameters (:func:`addressing`) and, for
-    the write heads, the erase (sigmoid) and add (as is) vectors; then :func:`step`. The output
-    is ``[h_t, r_t]`` of size :attr:`output_size`; put any head on top.
+    the write heads, the erase (sigmoid) and add vectors; then :func:`step`. The output is
+    ``[h_t, r_t]`` of size :attr:`output_size`; put any head on top.
 
-    Initialisation follows the reference PyTorch NTM: controller weights uniform in
-    ``+-5 / sqrt(in + out)`` with zero biases, the interface Xavier-uniform (gain 1.4), learned
-    initial controller state and read vectors, and a fixed random initial memory (uniform in
-    ``+-1 / sqrt(slots + width)``, drawn from torch's generator when the module is built:
-    build it under :func:`meta_rl.fewshot.models.seeded`), so that the first content
-    addressing is not uniform.
+    Initialisation follows the reference PyTorch NTM (loudinthecloud/pytorch-ntm): controller
+    weights uniform in ``+-5 / sqrt(in + out)`` with zero biases, the interface Xavier-uniform
+    (gain 1.4), learned initial controller state and read vectors. The initial weightings are
+    learned too (a softmax of learned logits). Two choices of Collier & Beel (2018,
+    "Implementing Neural Turing Machines"), who made NTM training reliable, are the defaults:
+
+    - ``memory_init="constant"``: every slot starts at 1e-6 (``"random"``: a fixed draw
+      uniform in ``+-1 / sqrt(slots + width)`` as the reference; build the module under
+      :func:`meta_rl.fewshot.models.seeded` for a seed-determined draw);
+    - ``bounded=True``: the interface outputs are clipped to +-20 and the keys and add vectors
+      pass through tanh (``False``: as they come, as the reference).
+
+    On the copy task the reference choices learn about as fast but collapse again and again
+    after learning (notes/ntm.md); these defaults stay learned.
     """
 
     def __init__(
@@ -285,6 +295,8 @@ class NTMCore(nn.Module):
         read_heads: int = 1,
         write_heads: int = 1,
         controller: str = "lstm",
+        memory_init: str = "constant",
+        bounded: bool = True,
     ) -> None:
         super().__init__()
         for name, v in (
@@ -298,14 +310,17 @@ class NTMCore(nn.Module):
             _check_positive(name, v)
         if controller not in ("lstm", "gru"):
             raise ValueError(f"controller={controller!r}; allowed: 'lstm', 'gru'")
+        if memory_init not in ("constant", "random"):
+            raise ValueError(f"memory_init={memory_init!r}; allowed: 'constant', 'random'")
         self.input_size, self.hidden_size = input_size, hidden_size
         self.slots, self.width = slots, width
         self.read_heads, self.write_heads = read_heads, write_heads
-        self.controller_kind = controller
+        self.controller_kind, self.memory_init, self.bounded = controller, memory_init, bounded
         cell = nn.LSTMCell if controller == "lstm" else nn.GRUCell
         self.controller = cell(input_size + read_heads * width, hidden_size)
         # every head's addressing numbers (read heads first), then the write heads' erase, add
-        n_out = (read_heads + write_heads) * (width + PARAMS_PER_HEAD) + write_heads * 2 * width
+        heads = read_heads + write_heads
+        n_out = heads * (width + PARAMS_PER_HEAD) + write_heads * 2 * width
         self.interface = nn.Linear(hidden_size, n_out)
         self.h0 = nn.Parameter(torch.zeros(hidden_size))
         if controller == "lstm":
@@ -313,6 +328,8 @@ class NTMCore(nn.Module):
         else:
             self.register_parameter("c0", None)
         self.reads0 = nn.Parameter(torch.zeros(read_heads, width))
+        self.weights0 = nn.Parameter(torch.zeros(heads, slots))
+        """logits of the initial weightings (read heads first)"""
         self.register_buffer("memory0", torch.zeros(slots, width))
         self.reset_parameters()
 
@@ -329,8 +346,12 @@ class NTMCore(nn.Module):
         if self.c0 is not None:
             nn.init.normal_(self.c0, std=0.05)
         nn.init.normal_(self.reads0, std=0.01)
-        stdev = 1.0 / math.sqrt(self.slots + self.width)
-        nn.init.uniform_(self.memory0, -stdev, stdev)
+        nn.init.normal_(self.weights0, std=0.01)
+        if self.memory_init == "random":
+            stdev = 1.0 / math.sqrt(self.slots + self.width)
+            nn.init.uniform_(self.memory0, -stdev, stdev)
+        else:
+            nn.init.constant_(self.memory0, 1e-6)
 
     @property
     def output_size(self) -> int:
@@ -339,7 +360,7 @@ class NTMCore(nn.Module):
     def initial_state(
         self, batch: int, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> NTMCoreState:
-        """The learned initial controller state and reads, the initial memory, zero weightings
+        """The learned initial controller state, reads and weightings and the initial memory
         (differentiable in the learned parts)."""
         p = self.interface.weight
         device = p.device if device is None else device
@@ -355,12 +376,15 @@ class NTMCore(nn.Module):
             dtype=dtype,
         )
         reads = self.reads0.to(device=device, dtype=dtype).expand(batch, -1, -1)
+        weights = torch.softmax(self.weights0, -1).to(device=device, dtype=dtype)
+        weights = weights.expand(batch, -1, -1)
         h = self.h0.to(device=device, dtype=dtype).expand(batch, -1)
         if self.c0 is None:
             c = torch.zeros(batch, 0, device=device, dtype=dtype)
         else:
             c = self.c0.to(device=device, dtype=dtype).expand(batch, -1)
-        return NTMCoreState(h, c, mem._replace(reads=reads))
+        r = self.read_heads
+        return NTMCoreState(h, c, NTMState(mem.memory, weights[:, :r], weights[:, r:], reads))
 
     def forward(self, x: Tensor, state: NTMCoreState) -> tuple[Tensor, NTMCoreState]:
         """One step: ``x`` [B, input_size] -> output [B, output_size], new state."""
@@ -375,11 +399,15 @@ class NTMCore(nn.Module):
         else:
             h, c = self.controller(inp, state.h), state.c
         iface = self.interface(h)
+        if self.bounded:
+            iface = iface.clamp(-INTERFACE_CLIP, INTERFACE_CLIP)
         heads = self.read_heads + self.write_heads
         n_address = heads * (w + PARAMS_PER_HEAD)
         params = addressing(iface[:, :n_address].view(b, heads, -1), w)
         erase_add = iface[:, n_address:].view(b, self.write_heads, 2 * w)
         erase, add = torch.sigmoid(erase_add[..., :w]), erase_add[..., w:]
+        if self.bounded:
+            params, add = params._replace(key=torch.tanh(params.key)), torch.tanh(add)
         memory = step(state.memory, params, erase, add)
         out = torch.cat([h, memory.reads.reshape(b, -1)], dim=-1)
         return out, NTMCoreState(h, c, memory)

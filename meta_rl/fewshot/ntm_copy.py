@@ -9,6 +9,8 @@ thresholded at 1/2 against the targets, summed over the sequence), the yardstick
 and of the reference PyTorch NTM (loudinthecloud/pytorch-ntm, whose settings are the defaults
 here: LSTM-100 controller, 128 x 20 memory, one read and one write head, RMSprop with learning
 rate 1e-4, momentum 0.9, smoothing 0.95, gradients clipped to +-10, one sequence per update).
+The memory starts constant and the interface is bounded, as Collier & Beel (2018) found reliable
+(``memory_init``, ``bounded``; see :class:`~meta_rl.core.ntm.NTMCore`).
 
 Evaluation uses held-out seeded sequences (the same ones at every evaluation): ``eval_per_length``
 sequences of every training length, and ``eval_long`` sequences of each of ``eval_lengths``
@@ -75,12 +77,21 @@ class CopyTaskConfig(BaseConfig):
     """read heads"""
     write_heads: int = field(default=1, metadata=bounds(ge=1))
     """write heads"""
+    memory_init: str = field(default="constant", metadata=choice("constant", "random"))
+    """initial memory: 'constant' 1e-6 (Collier & Beel 2018) or a fixed 'random' draw (the
+    reference PyTorch NTM)"""
+    bounded: bool = True
+    """clip the controller's interface outputs to +-20, tanh on keys and add vectors (Collier
+    & Beel 2018); False: as the reference (which collapses again and again once it has learned
+    in our runs, see notes/ntm.md)"""
     lr: float = field(default=1e-4, metadata=bounds(gt=0))
     """RMSprop learning rate"""
     momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
     """RMSprop momentum"""
     alpha: float = field(default=0.95, metadata=bounds(gt=0, lt=1))
     """RMSprop smoothing of the squared gradients"""
+    lr_final_fraction: float = field(default=1.0, metadata=bounds(gt=0, le=1))
+    """the learning rate falls linearly to lr * lr_final_fraction at the last update (1: none)"""
     grad_clip: float = field(default=10.0, metadata=bounds(ge=0))
     """clip every gradient entry to +-grad_clip (0: no clipping)"""
     eval_per_length: int = field(default=10, metadata=bounds(ge=1))
@@ -136,10 +147,22 @@ class CopyNTM(nn.Module):
         read_heads: int = 1,
         write_heads: int = 1,
         controller: str = "lstm",
+        memory_init: str = "constant",
+        bounded: bool = True,
     ) -> None:
         super().__init__()
         self.bits = bits
-        self.core = NTMCore(bits + 1, hidden, slots, width, read_heads, write_heads, controller)
+        self.core = NTMCore(
+            bits + 1,
+            hidden,
+            slots,
+            width,
+            read_heads,
+            write_heads,
+            controller,
+            memory_init,
+            bounded,
+        )
         self.head = nn.Linear(self.core.output_size, bits)
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.normal_(self.head.bias, std=0.01)
@@ -211,10 +234,14 @@ def train(config: CopyTaskConfig, run=None) -> dict[str, float]:
             config.read_heads,
             config.write_heads,
             config.controller,
+            config.memory_init,
+            config.bounded,
         ).to(device)
     optimizer = torch.optim.RMSprop(
         model.parameters(), lr=config.lr, alpha=config.alpha, momentum=config.momentum
     )
+    decay = (1.0 - config.lr_final_fraction) / config.iterations
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: 1.0 - decay * it)
     train_rng = np.random.default_rng([config.seed, 1])
     recent: deque[float] = deque(maxlen=config.log_every)
 
@@ -269,6 +296,7 @@ def train(config: CopyTaskConfig, run=None) -> dict[str, float]:
         optimizer=optimizer,
         grad_clip_value=config.grad_clip,
         progress_key="cost_avg",
+        scheduler=scheduler,
     )
     log.info(
         "test cost (error bits per sequence): %.3f at lengths %d-%d; %s",
