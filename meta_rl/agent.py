@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,12 +38,13 @@ import torch
 from meta_rl_envs.batched import BatchedTaskEnv
 from meta_rl_envs.registry import check_id, make_env
 from meta_rl_envs.wrappers import BatchedTrialEnv
-from torch import Tensor, nn
+from torch import Tensor
 
-from meta_rl.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from meta_rl.checkpoint import Checkpoint, load_checkpoint, load_usable_checkpoint
+from meta_rl.export import flatten_state, script_mlp, script_recurrent, unflatten_state
 from meta_rl.policies import distributions as D
-from meta_rl.rl.maml import AdaptationCurve, adaptation_curve
-from meta_rl.runs import RunError, load_config, read_run
+from meta_rl.rl.maml import adaptation_curve
+from meta_rl.runs import RunError, load_config, read_run, run_of_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,6 @@ __all__ = [
     "GradientAgent",
     "MemoryAgent",
     "SpaceMismatchError",
-    "adaptation_curve",
     "check_spaces",
     "load",
     "trial_episode_returns",
@@ -173,67 +172,70 @@ def _select_state(mask: Tensor, new: Any, old: Any) -> Any:
     return type(new)(*items) if hasattr(new, "_fields") else tuple(items)
 
 
-def _flatten_state(state: Any) -> list[Tensor]:
-    if isinstance(state, Tensor):
-        return [state]
-    return [t for s in state for t in _flatten_state(s)]
-
-
-def _unflatten_state(template: Any, flat: list[Tensor]) -> Any:
-    it = iter(flat)
-
-    def build(t: Any) -> Any:
-        if isinstance(t, Tensor):
-            return next(it)
-        items = [build(s) for s in t]
-        return type(t)(*items) if hasattr(t, "_fields") else tuple(items)
-
-    return build(template)
-
-
 # --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
 def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> Agent:
     """The agent of a run folder (a path or a :class:`meta_rl.runs.Run`), from its
-    ``config.json`` and the tensors of its newest checkpoint."""
+    ``config.json`` and the tensors of its newest usable checkpoint (a damaged newest one is
+    skipped with a warning naming both), or of one checkpoint file (its ``step_*.json``
+    sidecar or its ``.safetensors`` file inside the run's ``checkpoints/`` folder).
+
+    A run folder is data: nothing it names is imported, and weights holding NaN or inf are
+    refused."""
     path = Path(getattr(path_or_run, "path", path_or_run))
+    sidecar = None
+    if path.is_file():
+        sidecar, path = run_of_checkpoint(path)
+    elif not path.exists():
+        raise RunError(f"run folder {str(path)!r} does not exist")
     info = read_run(path)
+    _import_trainers()
     config = load_config(path)
-    ck = load_checkpoint(path / "checkpoints", device="cpu")
+    from meta_rl.fewshot.metric import GlyphData
     from meta_rl.rl.maml import MetaPGConfig
     from meta_rl.rl.rl2 import RL2Config
 
-    if isinstance(config, MetaPGConfig):
-        agent: Agent = GradientAgent(path, info, config, ck)
-    elif isinstance(config, RL2Config):
-        agent = MemoryAgent(path, info, config, ck)
-    else:
+    if isinstance(config, GlyphData):
         raise RunError(
-            f"run {str(path)!r} (preset {info.get('preset')!r}, config {info['config_class']!r}) "
+            f"run {str(path)!r} (preset {info['preset']!r}) is a supervised few-shot run, not a "
+            "meta-RL agent: its held-out evaluation is in its final.json (the trainer's own, "
+            "on held-out tasks; eval_* settings size it), and `python "
+            "scripts/fewshot_results.py` evaluates few-shot presets on 1,000 held-out episodes. "
+            "meta_rl.load and meta-rl evaluate read MAML / Meta-SGD / Reptile and RL^2 runs"
+        )
+    if not isinstance(config, (MetaPGConfig, RL2Config)):
+        raise RunError(
+            f"run {str(path)!r} (preset {info['preset']!r}, config {info['config_class']!r}) "
             "is not a meta-RL agent; meta_rl.load reads runs of the MAML / Meta-SGD / Reptile "
             "trainers (meta_rl.rl.maml, meta_rl.rl.reptile) and of RL^2 (meta_rl.rl.rl2)"
         )
+    if sidecar is not None:
+        ck = load_checkpoint(sidecar, device="cpu")
+    else:
+        ck = load_usable_checkpoint(path / "checkpoints", device="cpu")
+    agent: Agent
+    if isinstance(config, MetaPGConfig):
+        agent = GradientAgent(path, info, config, ck)
+    else:
+        agent = MemoryAgent(path, info, config, ck)
     return agent.to(device)
 
 
-def _copy_into(named: Mapping[str, Tensor], tensors: Mapping[str, Tensor], ck: Checkpoint) -> None:
-    """Copy checkpoint tensors into ``named`` (same names, same shapes) or raise naming the file."""
-    missing = sorted(set(named) - set(tensors))
-    unexpected = sorted(set(tensors) - set(named))
-    if missing or unexpected:
-        raise CheckpointError(
-            f"checkpoint {str(ck.path)!r} does not fit the policy its config.json describes: "
-            f"missing tensors {missing}, unexpected tensors {unexpected}"
-        )
+def _import_trainers() -> None:
+    """Import the preset table (it imports every trainer) so that each of meta-rl's config
+    classes is known to :func:`meta_rl.config.config_class`: a run folder only names one."""
+    import meta_rl.presets  # noqa: F401
+
+
+def _restore(ck: Checkpoint, named: dict[str, Tensor]) -> None:
+    """Copy the checkpoint's tensors into ``named`` after the check a resume makes."""
+    from meta_rl.loop import check_checkpoint
+
+    check_checkpoint(ck, named)
     with torch.no_grad():
         for k, v in named.items():
-            if tuple(v.shape) != tuple(tensors[k].shape):
-                raise CheckpointError(
-                    f"checkpoint {str(ck.path)!r}: tensor {k!r} has shape "
-                    f"{tuple(tensors[k].shape)}, the policy needs {tuple(v.shape)}"
-                )
-            v.copy_(tensors[k])
+            v.copy_(ck.tensors[k])
 
 
 def _as_batch(obs: Any, size: int, what: str) -> tuple[np.ndarray, bool]:
@@ -376,7 +378,7 @@ class GradientAgent(Agent):
             init_log_std=config.init_log_std,
         )
         self.learner = MetaLearner(self.policy, config)
-        _copy_into(self.learner.outer_params(), ck.tensors, ck)
+        _restore(ck, self.learner.outer_params())
         self.params: dict[str, Tensor] = self.policy.params(detach=True)
         """the params ``predict`` acts with (the meta-params, or adapted ones)"""
 
@@ -408,18 +410,6 @@ class GradientAgent(Agent):
         env = make_env(env_id, num_tasks, envs_per_task, str(self.device), "auto", **kwargs)
         self.check_env(env, f"family {env_id!r}")
         return env
-
-    def adaptation_curve(
-        self,
-        env: BatchedTaskEnv,
-        tasks: list[Any],
-        steps: int,
-        seed: int = 0,
-        after_sampling: Callable[[int, Any, Any], None] | None = None,
-    ) -> AdaptationCurve:
-        """See :func:`adaptation_curve` (from this agent's meta-params)."""
-        self.check_env(env, "env")
-        return adaptation_curve(self.learner, env, tasks, steps, seed, after_sampling)
 
     def adapt(
         self, env_or_task: Any, budget: int = 1, episodes: int | None = None, seed: int = 0
@@ -470,59 +460,7 @@ class GradientAgent(Agent):
         return (out[0] if single else out), state
 
     def _export_module(self) -> torch.jit.ScriptModule:
-        return torch.jit.script(_ExportedMLP(self))
-
-
-class _ExportedMLP(nn.Module):
-    """TorchScript act function of an MLP policy with fixed (adapted) params."""
-
-    def __init__(self, agent: GradientAgent) -> None:
-        super().__init__()
-        params = {k: v.detach().cpu().clone() for k, v in agent.params.items()}
-        net = copy.deepcopy(agent.policy.net).cpu()
-        with torch.no_grad():
-            for name, p in net.named_parameters():
-                p.copy_(params["net." + name])
-        self.net = net.requires_grad_(False)
-        space = agent.action_space
-        self.discrete = isinstance(space, gym.spaces.Discrete)
-        self.start = int(space.start) if self.discrete else 0
-        dim = int(space.n) if self.discrete else int(space.shape[0])
-        zeros = torch.zeros(dim)
-        self.register_buffer("log_std", params["log_std"] if not self.discrete else zeros)
-        if self.discrete:
-            self.register_buffer("low", zeros)
-            self.register_buffer("high", zeros)
-        else:
-            self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32))
-            self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32))
-
-    @torch.jit.export
-    def head(self, obs: Tensor) -> Tensor:
-        return self.net(obs)
-
-    def forward(
-        self,
-        obs: Tensor,
-        deterministic: bool = True,
-        noise: Tensor | None = None,
-    ) -> Tensor:
-        """Actions for ``obs`` [..., obs_dim]: the mode, or a sample with ``noise`` (standard
-        normals for Box, uniforms for Discrete; drawn with torch's default generator if None).
-        Box actions are clipped to the action space bounds."""
-        out = self.net(obs)
-        if self.discrete:
-            if deterministic:
-                return torch.argmax(out, dim=-1) + self.start
-            if noise is None:
-                noise = torch.rand_like(out)
-            gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
-            return torch.argmax(out + gumbel, dim=-1) + self.start
-        if not deterministic:
-            if noise is None:
-                noise = torch.randn_like(out)
-            out = out + torch.exp(self.log_std) * noise
-        return torch.max(torch.min(out, self.high), self.low)
+        return script_mlp(self)
 
 
 # --------------------------------------------------------------------------------------------
@@ -546,7 +484,7 @@ class MemoryAgent(Agent):
         self.horizon = int(env.horizon)
         self.max_trial_length = int(env.max_trial_length)
         self.policy = make_policy(config, env, config.seed + 1)
-        _copy_into(dict(self.policy.state_dict()), ck.tensors, ck)
+        _restore(ck, dict(self.policy.state_dict()))
         self.policy.eval()
         self.warm_state: Any = None
         """the memory after :meth:`adapt` (None: a fresh trial)"""
@@ -560,8 +498,8 @@ class MemoryAgent(Agent):
     def _move(self, device: torch.device) -> None:
         self.policy.to(device)
         if self.warm_state is not None:
-            self.warm_state = _unflatten_state(
-                self.warm_state, [t.to(device) for t in _flatten_state(self.warm_state)]
+            self.warm_state = unflatten_state(
+                self.warm_state, [t.to(device) for t in flatten_state(self.warm_state)]
             )
         if self.warm_tail is not None:
             self.warm_tail = self.warm_tail.to(device)
@@ -655,9 +593,9 @@ class MemoryAgent(Agent):
     def _fresh_state(self, batch: int) -> Any:
         if self.warm_state is None:
             return self.policy.initial_state(batch, self.device)
-        return _unflatten_state(
+        return unflatten_state(
             self.warm_state,
-            [t.expand(batch, *t.shape[1:]).clone() for t in _flatten_state(self.warm_state)],
+            [t.expand(batch, *t.shape[1:]).clone() for t in flatten_state(self.warm_state)],
         )
 
     @torch.no_grad()
@@ -707,92 +645,4 @@ class MemoryAgent(Agent):
         return (out[0] if single else out), (mem, steps + 1)
 
     def _export_module(self) -> torch.jit.ScriptModule:
-        core = _RecurrentCore(self)
-        example = (
-            torch.zeros(2, self.trial_observation_space.shape[0]),
-            core.initial_state(2),
-        )
-        with warnings.catch_warnings():  # the trace fixes Python-side shape checks: intended
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            traced = torch.jit.trace(core.cpu(), example, check_trace=False)
-        return torch.jit.script(_ExportedRecurrent(self, traced, core.initial_state(1)))
-
-
-class _RecurrentCore(nn.Module):
-    """``(trial obs [B, D], packed state [B, S]) -> (head [B, H], packed state)``; the packed
-    state is the policy's state tensors flattened per row, then the trial step count."""
-
-    def __init__(self, agent: MemoryAgent) -> None:
-        super().__init__()
-        self.policy = copy.deepcopy(agent.policy).cpu().requires_grad_(False)
-        self.template = self.policy.initial_state(1, "cpu")
-        self.shapes = [tuple(t.shape[1:]) for t in _flatten_state(self.template)]
-        self.sizes = [int(np.prod(s)) for s in self.shapes]
-        self.time_feature = bool(agent.config.time_feature)
-        self.scale = float(agent.max_trial_length)
-        warm = agent._fresh_state(1) if agent.warm_state is not None else self.template
-        flat = [t.detach().cpu().reshape(1, -1) for t in _flatten_state(warm)]
-        steps = torch.full((1, 1), float(agent.warm_steps))
-        self.register_buffer("init", torch.cat([*flat, steps], dim=-1))
-
-    def initial_state(self, batch: int) -> Tensor:
-        return self.init.expand(batch, -1).clone()
-
-    def forward(self, obs: Tensor, packed: Tensor) -> tuple[Tensor, Tensor]:
-        parts, i = [], 0
-        for shape, size in zip(self.shapes, self.sizes, strict=True):
-            if size == 0:  # an empty state entry (e.g. no LSTM cell for a GRU controller)
-                parts.append(packed.new_zeros((packed.shape[0], *shape)))
-            else:
-                parts.append(packed[:, i : i + size].reshape(-1, *shape))
-            i += size
-        steps = packed[:, i : i + 1]
-        state = _unflatten_state(self.template, parts)
-        if self.time_feature:
-            obs = torch.cat([obs, steps / self.scale], dim=-1)
-        head, _, state = self.policy.step(obs, state)
-        flat = [t.flatten(1) for t in _flatten_state(state)]
-        return head, torch.cat([*flat, steps + 1.0], dim=-1)
-
-
-class _ExportedRecurrent(nn.Module):
-    """TorchScript act function of a recurrent RL^2 policy: ``forward(trial_obs, state,
-    deterministic, noise) -> (action, state)``; ``initial_state(batch)`` is the (warm) memory."""
-
-    def __init__(self, agent: MemoryAgent, core: Any, init: Tensor) -> None:
-        super().__init__()
-        self.core = core
-        self.register_buffer("init", init.detach().cpu())
-        space = agent.action_space
-        self.discrete = isinstance(space, gym.spaces.Discrete)
-        self.start = int(space.start) if self.discrete else 0
-        log_std = agent.policy.log_std
-        self.register_buffer(
-            "log_std",
-            log_std.detach().cpu().clone() if log_std is not None else torch.zeros(1),
-        )
-
-    @torch.jit.export
-    def initial_state(self, batch: int) -> Tensor:
-        return self.init.expand(batch, -1).clone()
-
-    def forward(
-        self,
-        obs: Tensor,
-        state: Tensor,
-        deterministic: bool = True,
-        noise: Tensor | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        head, state = self.core(obs, state)
-        if self.discrete:
-            if deterministic:
-                return torch.argmax(head, dim=-1) + self.start, state
-            if noise is None:
-                noise = torch.rand_like(head)
-            gumbel = -torch.log(-torch.log(noise.clamp(1e-20, 1.0 - 1e-7)))
-            return torch.argmax(head + gumbel, dim=-1) + self.start, state
-        if deterministic:
-            return head, state
-        if noise is None:
-            noise = torch.randn_like(head)
-        return head + torch.exp(self.log_std) * noise, state
+        return script_recurrent(self)

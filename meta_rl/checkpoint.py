@@ -186,16 +186,20 @@ def rng_state(gen: np.random.Generator | torch.Generator) -> dict[str, Any]:
 
 def set_rng_state(gen: np.random.Generator | torch.Generator, data: Mapping[str, Any]) -> None:
     """Restore a state captured by :func:`rng_state` into ``gen`` (same kind)."""
-    kind = data.get("kind")
-    if isinstance(gen, np.random.Generator) and kind == "numpy":
-        gen.bit_generator.state = data["state"]
-    elif isinstance(gen, torch.Generator) and kind == "torch":
-        raw = np.frombuffer(base64.b64decode(data["state"]), dtype=np.uint8).copy()
-        gen.set_state(torch.from_numpy(raw))
-    else:
+    kind = data.get("kind") if isinstance(data, Mapping) else None
+    try:
+        if isinstance(gen, np.random.Generator) and kind == "numpy":
+            gen.bit_generator.state = data["state"]
+            return
+        if isinstance(gen, torch.Generator) and kind == "torch":
+            raw = np.frombuffer(base64.b64decode(data["state"]), dtype=np.uint8).copy()
+            gen.set_state(torch.from_numpy(raw))
+            return
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
         raise CheckpointError(
-            f"cannot restore a {kind!r} generator state into a {type(gen).__name__}"
-        )
+            f"the saved {kind} generator state is damaged ({type(err).__name__}: {err})"
+        ) from err
+    raise CheckpointError(f"cannot restore a {kind!r} generator state into a {type(gen).__name__}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -221,6 +225,23 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
 def latest_checkpoint(directory: str | Path) -> Path | None:
     found = list_checkpoints(directory)
     return found[-1][1] if found else None
+
+
+def non_finite(tensors: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or inf."""
+    return [k for k, t in tensors.items() if not _finite(t)]
+
+
+def _finite(t: torch.Tensor) -> bool:
+    if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+        return True
+    # a NaN or inf element makes the sum NaN or inf; a sum that overflows is checked exactly
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
+def _bad_text(names: list[str]) -> str:
+    shown = ", ".join(repr(n) for n in names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"NaN or inf in tensor{'s' if len(names) > 1 else ''} {shown}"
 
 
 def _prepare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -255,6 +276,13 @@ def save_checkpoint(
             raise CheckpointError(f"tensor name {k!r} is reserved (the 'state/' prefix)")
     structure, state_tensors = flatten_state(dict(state or {}))
     all_tensors = _prepare({**tensors, **state_tensors})
+    bad = non_finite(all_tensors)
+    if bad:
+        found = list_checkpoints(directory)
+        kept = f"the last one (step {found[-1][0]}) is kept" if found else "there is none before"
+        raise CheckpointError(
+            f"checkpoint of step {step} not written: {_bad_text(bad)} (training diverged); {kept}"
+        )
 
     blob = safetensors.torch.save(all_tensors, metadata={"format": FORMAT})
     tensors_name = f"step_{step:08d}-{uuid.uuid4().hex[:8]}.safetensors"
@@ -307,8 +335,15 @@ def _prune(directory: Path, keep: int | None) -> None:
             p.unlink()
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
-    """Load a checkpoint from its sidecar path (or a folder: its newest checkpoint)."""
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", *, allow_non_finite: bool = False
+) -> Checkpoint:
+    """Load a checkpoint from its sidecar path (or a folder: its newest checkpoint).
+
+    Everything in the sidecar is checked before it is used: its step is a non-negative integer
+    equal to the step in the file name, its tensors file is a file of the same folder whose size
+    and SHA-256 match, its state is well formed. Weights holding NaN or inf are refused unless
+    ``allow_non_finite``. Any problem is a :class:`CheckpointError` naming the file."""
     path = Path(path)
     if path.is_dir():
         newest = latest_checkpoint(path)
@@ -317,21 +352,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         path = newest
     if not path.exists():
         raise CheckpointError(f"checkpoint file {str(path)!r} does not exist")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated: {err}") from err
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a meta-rl checkpoint sidecar")
-    version = meta.get("version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} has format version {version!r}; this meta-rl reads up to "
-            f"version {FORMAT_VERSION}: upgrade meta-rl to load it"
-        )
-    for key in ("step", "tensors_file", "tensors_sha256", "tensors_bytes", "state"):
-        if key not in meta:
-            raise CheckpointError(f"checkpoint {str(path)!r} lacks the field {key!r}")
+    meta = read_sidecar(path)
     tpath = path.parent / meta["tensors_file"]
     try:
         blob = tpath.read_bytes()
@@ -351,13 +372,150 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         everything = safetensors.torch.load(blob)
     except Exception as err:  # safetensors raises its own error types
         raise CheckpointError(f"tensors file {str(tpath)!r} is corrupt: {err}") from err
-    everything = {k: v.to(device) for k, v in everything.items()}
     state_tensors = {k: v for k, v in everything.items() if k.startswith("state/")}
     tensors = {k: v for k, v in everything.items() if not k.startswith("state/")}
+    names = meta.get("tensor_names")
+    if names is not None and sorted(names) != sorted(tensors):
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} lists tensors {sorted(names)} but its tensors file "
+            f"holds {sorted(tensors)}"
+        )
+    bad = non_finite(tensors)
+    if bad and not allow_non_finite:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} holds non-finite weights ({_bad_text(bad)}): the training "
+            "that wrote it had diverged. Delete it (both files) to use the previous checkpoint"
+        )
     try:
         state = unflatten_state(meta["state"], state_tensors)
-    except (KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt state: {err}") from err
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} has a corrupt state: {err!r}") from err
     return Checkpoint(
-        step=int(meta["step"]), tensors=tensors, state=state, config=meta.get("config"), path=path
+        step=meta["step"],
+        tensors={k: v.to(device) for k, v in tensors.items()},
+        state=_to(state, device),
+        config=meta.get("config"),
+        path=path,
     )
+
+
+def _to(state: Any, device: str | torch.device) -> Any:
+    """``state`` with its tensors on ``device`` (as loading always did)."""
+    if isinstance(state, torch.Tensor):
+        return state.to(device)
+    if isinstance(state, dict):
+        return {k: _to(v, device) for k, v in state.items()}
+    if isinstance(state, list):
+        return [_to(v, device) for v in state]
+    if isinstance(state, tuple):
+        return tuple(_to(v, device) for v in state)
+    return state
+
+
+def read_sidecar(path: Path) -> dict[str, Any]:
+    """The checked JSON sidecar of checkpoint ``path`` (see :func:`load_checkpoint`)."""
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {str(path)!r} is corrupt or truncated: {err}") from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise CheckpointError(f"{str(path)!r} is not a meta-rl checkpoint sidecar")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} has format version {version!r}; this meta-rl reads up to "
+            f"version {FORMAT_VERSION}: upgrade meta-rl to load it"
+        )
+    for key in ("step", "tensors_file", "tensors_sha256", "tensors_bytes", "state"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {str(path)!r} lacks the field {key!r}")
+
+    def bad(field: str, why: str) -> CheckpointError:
+        return CheckpointError(
+            f"checkpoint {str(path)!r} is not valid: {field} = {meta[field]!r} {why}"
+        )
+
+    step = meta["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise bad("step", "is not a non-negative integer")
+    m = _SIDECAR.match(path.name)
+    if m and int(m.group(1)) != step:
+        raise bad("step", f"does not match its file name {path.name} (step {int(m.group(1))})")
+    name = meta["tensors_file"]
+    if (
+        not isinstance(name, str)
+        or not name.endswith(".safetensors")
+        or name != Path(name).name
+        or "/" in name
+        or "\\" in name
+        or name.startswith(".")
+    ):
+        raise bad("tensors_file", "is not a .safetensors file of the checkpoint's own folder")
+    target = path.parent / name
+    if target.is_symlink() and target.resolve().parent != path.parent.resolve():
+        raise bad("tensors_file", "links outside the checkpoint's folder")
+    size = meta["tensors_bytes"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise bad("tensors_bytes", "is not a byte count")
+    if not isinstance(meta["tensors_sha256"], str):
+        raise bad("tensors_sha256", "is not a SHA-256 hex digest")
+    if not isinstance(meta["state"], dict):
+        raise bad("state", "is not a mapping")
+    names = meta.get("tensor_names")
+    if names is not None and not (
+        isinstance(names, list) and all(isinstance(n, str) for n in names)
+    ):
+        raise bad("tensor_names", "is not a list of names")
+    if meta.get("config") is not None and not isinstance(meta["config"], dict):
+        raise bad("config", "is not a mapping")
+    return meta
+
+
+def checkpoint_sidecar(path: str | Path) -> Path:
+    """The sidecar of a checkpoint file: ``path`` itself (``step_*.json``) or the sidecar that
+    names ``path`` as its tensors file (``.safetensors``); else a :class:`CheckpointError`."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        for _, sidecar in list_checkpoints(path.parent):
+            try:
+                named = json.loads(sidecar.read_text()).get("tensors_file")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if named == path.name:
+                return sidecar
+        raise CheckpointError(
+            f"{str(path)!r} is not the tensors file of any checkpoint in its folder (no "
+            "step_*.json sidecar names it)"
+        )
+    if not _SIDECAR.match(path.name):
+        raise CheckpointError(
+            f"{str(path)!r} is neither a run folder nor a checkpoint file (a run folder's "
+            "checkpoints/step_XXXXXXXX.json or its .safetensors file)"
+        )
+    return path
+
+
+def load_usable_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> Checkpoint:
+    """The newest checkpoint of ``directory`` that loads; when newer ones are damaged, a warning
+    names them and the one used. Raises the newest one's :class:`CheckpointError` when none
+    loads (or :class:`CheckpointError` when there is none)."""
+    found = list_checkpoints(directory)
+    if not found:
+        raise CheckpointError(f"no checkpoint in folder {str(directory)!r}")
+    errors: list[tuple[Path, CheckpointError]] = []
+    for _, sidecar in reversed(found):
+        try:
+            ck = load_checkpoint(sidecar, device)
+        except CheckpointError as err:
+            errors.append((sidecar, err))
+            continue
+        if errors:
+            log.warning(
+                "using checkpoint %s (step %d): the newer %s cannot be used (%s)",
+                sidecar.name,
+                ck.step,
+                ", ".join(p.name for p, _ in errors),
+                errors[0][1],
+            )
+        return ck
+    raise errors[0][1]

@@ -7,7 +7,8 @@
     meta-rl presets [NAME]                training presets (NAME: its config fields)
     meta-rl train PRESET_OR_YAML [--set key=value ...] [--out DIR] [--resume] [--no-progress]
     meta-rl evaluate RUN [--split test|ood] [--tasks N] [--budget K] [--baselines none,ppo,...]
-                         [--ppo-multipliers 1,10,100] [--out DIR] [--json] [--no-progress]
+                         [--ppo-multipliers 1,10[,100]] [--ppo-workers N] [--out DIR] [--json]
+                         [--no-progress]
 
 Bad input (unknown preset, bad ``--set``, a run folder that would be overwritten...) prints one
 line to stderr and exits with status 2; nothing is created before the config is valid.
@@ -26,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from meta_rl.checkpoint import CheckpointError
+from meta_rl.cli_errors import check_device, nothing_to_resume, os_error_text, training_error
 from meta_rl.config import ConfigError, describe, load_yaml
 from meta_rl.presets import PRESETS, PresetError, get_preset
-from meta_rl.runs import CONFIG_FILE, Run, RunError
+from meta_rl.runs import CONFIG_FILE, Run, RunError, RunFinished, read_run
 
 log = logging.getLogger("meta_rl.cli")
 
@@ -237,6 +239,7 @@ def _short_task(task: dict[str, Any]) -> str:
 
 
 def cmd_rollout(args: argparse.Namespace) -> int:
+    check_device(args.device, "--device")
     result = random_rollout(
         args.env, args.tasks, args.envs_per_task, args.steps, args.seed, args.device, args.split
     )
@@ -267,11 +270,11 @@ def cmd_presets(args: argparse.Namespace) -> int:
             print(f"{name:<{width}}  {p.summary}")
         return 0
     p = get_preset(args.name)
-    cls = p.config_class()
+    cls = p.config
     config = p.make_config()
     print(f"{p.name}: {p.summary}")
-    print(f"  trainer: {p.trainer}")
-    print(f"  config:  {p.config}")
+    print(f"  trainer: {p.trainer}{'  (data-parallel under torchrun)' if p.data_parallel else ''}")
+    print(f"  config:  {cls.__module__}:{cls.__qualname__}")
     if p.overrides:
         print(f"  preset values: {json.dumps(dict(p.overrides))}")
     print("  fields (value in this preset; --set key=value to change):")
@@ -319,33 +322,51 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise ConfigError("--resume needs --out DIR, the run folder to continue")
     name, values = _read_spec(args.spec) if args.spec else (None, {})
     out = Path(args.out) if args.out else None
-
-    if args.resume and out is not None and (out / CONFIG_FILE).exists():
-        from meta_rl.runs import read_run
-
-        stored = read_run(out)["preset"]
-        if name is None:
-            name = stored
-        preset = get_preset(name)
-        trainer = preset.load_trainer()
-        overrides = {**values, **dict(_pairs(args.set))}
-        run = Run.resume(out, overrides, preset=name, show_progress=not args.no_progress)
-    else:
-        if name is None:
-            raise RunError(f"nothing to resume in {str(out)!r} and no preset given")
-        preset = get_preset(name)
-        trainer = preset.load_trainer()
-        config = preset.make_config(values, args.set)  # validated before anything is created
-        out = out if out is not None else _default_out(name)
-        if args.resume:
-            log.info("no run in %s yet: starting one", out)
-        fresh = not out.exists()
-        run = Run.create(out, name, config, show_progress=not args.no_progress)
+    fresh = False  # whether this command creates the run folder
+    try:
+        if args.resume and out is not None and (out / CONFIG_FILE).exists():
+            stored = read_run(out)
+            name = name if name is not None else stored["preset"]
+            preset = get_preset(name)
+            trainer = preset.train
+            overrides = {**values, **dict(_pairs(args.set))}
+            device = overrides.get("device", stored["config"].get("device", "auto"))
+            check_device(str(device), "--set device")
+            try:
+                run = Run.resume(out, overrides, preset=name, show_progress=not args.no_progress)
+            except RunFinished as done:
+                print(f"meta-rl: {done}", file=sys.stderr)
+                print(json.dumps({"run": str(out), "final": done.final}, indent=2))
+                return 0
+        else:
+            if name is None:
+                raise RunError(nothing_to_resume(out))
+            preset = get_preset(name)
+            trainer = preset.train
+            config = preset.make_config(values, args.set)  # validated before anything is created
+            check_device(config.device, "--set device")
+            out = out if out is not None else _default_out(name)
+            if args.resume:
+                log.warning("nothing to resume in %s (no run there): starting a new run", out)
+            fresh = not out.exists()
+            run = Run.create(
+                out, name, config, trainer=preset.trainer, show_progress=not args.no_progress
+            )
+    except OSError as err:
+        raise RunError(os_error_text(err, out, started=False)) from err
 
     with run:
         log.info("run folder: %s (starting at step %d)", run.path, run.start_step)
         try:
-            metrics = trainer(run.config, run)
+            try:
+                final = run.finish(trainer(run.config, run) or {})
+            except (OSError, FloatingPointError, RuntimeError, ValueError) as err:
+                if isinstance(err, _user_error_types()):
+                    raise
+                problem = training_error(err, run.path, run.config)
+                if problem is None:
+                    raise
+                raise problem from err
         except _user_error_types():
             run.close()
             if fresh:
@@ -358,7 +379,6 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 130
-        final = run.finish(metrics or {})
     print(json.dumps({"run": str(run.path), "final": final}, indent=2))
     return 0
 
@@ -397,9 +417,12 @@ def _csv(kind: type, text: str) -> list[Any]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from meta_rl.evaluate import evaluate, markdown_table, write_outputs
+    from meta_rl.evaluate import evaluate_run, markdown_table, write_outputs
 
     run = Path(args.run)
+    check_device(args.device, "--device")
+    if not run.exists():
+        raise RunError(f"run folder {str(run)!r} does not exist")
     out = Path(args.out) if args.out else run / f"evaluation-{args.split}"
     env_kwargs = dict(_pairs(args.env_kwarg)) if args.env_kwarg else None
     if env_kwargs is not None:
@@ -413,7 +436,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         dynamic_ncols=True,
     )
     with bar:
-        report = evaluate(
+        report = evaluate_run(
             run,
             split=args.split,
             tasks=args.tasks,
@@ -424,13 +447,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             env_kwargs=env_kwargs,
             episodes=args.episodes,
             ppo_multipliers=args.ppo_multipliers,
+            ppo_workers=args.ppo_workers,
             deterministic=args.deterministic,
             device=args.device,
-            progress=bar,
+            progress=None if bar.disable else bar,  # no bar: progress lines in the log
         )
     paths = write_outputs(report, out)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report.to_dict(), indent=2))
     else:
         print(markdown_table(report))
         print(f"\nwrote {paths['report']} and {paths['plot']}")
@@ -513,8 +537,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ppo-multipliers",
         type=lambda t: _csv(float, t),
-        default=[1.0, 10.0, 100.0],
-        help="PPO budgets as multiples of the adaptation's env steps (default: 1,10,100)",
+        default=[1.0, 10.0],
+        help="PPO budgets as multiples of the adaptation's env steps (default: 1,10; "
+        "1,10,100 adds the 100x baseline, several minutes)",
+    )
+    p.add_argument(
+        "--ppo-workers",
+        type=_positive,
+        default=None,
+        help="processes for the per-task PPO runs (default: every task at once, up to "
+        "max(cores, 8))",
     )
     p.add_argument(
         "--deterministic",
@@ -536,10 +568,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from meta_rl import distributed
+    """The ``meta-rl`` command (``python -m meta_rl``). Started by torchrun as one rank of
+    several, this process first joins the process group (:func:`meta_rl.launch.main`)."""
+    from meta_rl import collectives
 
-    if distributed.pending():  # launched by torchrun: rank-aware entry (one run-folder writer)
-        return distributed.main(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if collectives.pending():  # one rank of a torchrun job: one run-folder writer, followers
+        from meta_rl import launch
+
+        return launch.main(argv, _run_command, _train_preset, _user_error_types())
+    return _run_command(argv)
+
+
+def _run_command(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     bar = args.command in ("train", "evaluate") and not args.no_progress and sys.stderr.isatty()
@@ -551,6 +592,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # e.g. `meta-rl envs | head`
         return 0
+    except OSError as err:  # a disk full, a read-only or missing folder: not a bug of meta-rl
+        where = f": {err.filename}" if err.filename else ""
+        print(f"meta-rl: error: {err.strerror or err}{where}", file=sys.stderr)
+        return 2
+
+
+def _train_preset(argv: list[str]) -> str | None:
+    """The preset a ``train`` command line runs (``None``: not a train command, or one that
+    :func:`_run_command` will reject with a message)."""
+    from meta_rl.runs import read_run
+
+    try:
+        args, _ = build_parser().parse_known_args(argv)
+        if args.command != "train":
+            return None
+        if args.spec:
+            return _read_spec(args.spec)[0]
+        if args.out and (Path(args.out) / CONFIG_FILE).exists():
+            return read_run(args.out)["preset"]
+    except (SystemExit, Exception):  # the command reports it on rank 0
+        return None
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

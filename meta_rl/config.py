@@ -321,6 +321,68 @@ def to_jsonable(value: Any) -> Any:
     return value
 
 
+# --------------------------------------------------------------------------------------------
+# The closed registry of config classes a run folder may name
+# --------------------------------------------------------------------------------------------
+_REGISTRY: dict[str, type[BaseConfig]] = {}
+
+
+def register_config(cls: type[C]) -> type[C]:
+    """Allow run folders to name ``cls`` (a BaseConfig subclass) as their config class.
+
+    This package's own config classes register themselves (every ``BaseConfig`` subclass
+    defined in a ``meta_rl`` module); call this (or use it as a decorator) for the config class
+    of a trainer of your own. A run folder is data: :func:`config_class` only ever maps its
+    ``config_class`` string to a class already registered, it never imports anything."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseConfig)):
+        raise ConfigError(f"register_config: {cls!r} is not a BaseConfig subclass")
+    known = _REGISTRY.get(cls.__qualname__)
+    if known is not None and known is not cls and _ours(known):
+        raise ConfigError(
+            f"register_config: {cls.__module__}.{cls.__qualname__} would shadow meta-rl's "
+            f"{known.__module__}.{known.__qualname__}; give your config class another name"
+        )
+    _REGISTRY[cls.__qualname__] = cls
+    return cls
+
+
+def _ours(cls: type) -> bool:
+    return cls.__module__ == "meta_rl" or cls.__module__.startswith("meta_rl.")
+
+
+def registered_configs() -> dict[str, type[BaseConfig]]:
+    """``{class name: class}`` of every config class a run folder may name."""
+    return dict(_REGISTRY)
+
+
+def config_class(name: str) -> type[BaseConfig]:
+    """The registered config class a run folder names: ``"module:Class"`` (as ``config.json``
+    stores it) or ``"Class"``. Nothing is imported; an unknown name is a :class:`ConfigError`.
+
+    A ``"module:Class"`` string from an older meta-rl still resolves when ``Class`` is one of
+    ours and ``module`` a ``meta_rl`` module (classes may move between modules)."""
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"config class {name!r} is not a class name")
+    module, _, qualname = name.rpartition(":")
+    cls = _REGISTRY.get(qualname)
+    if cls is not None and module and module != cls.__module__:
+        if not (_ours(cls) and (module == "meta_rl" or module.startswith("meta_rl."))):
+            cls = None  # e.g. "evil_cfg:MAMLConfig" names evil_cfg's class, not ours
+    if cls is None and (module == "meta_rl" or module.startswith("meta_rl.")):
+        raise ConfigError(
+            f"config class {name!r} is not loaded: import the trainer that defines it (e.g. "
+            "`import meta_rl.presets`) before loading the run; meta-rl never imports code a "
+            "run folder names"
+        )
+    if cls is None:
+        raise ConfigError(
+            f"config class {name!r} is not one of meta-rl's config classes (nor one registered "
+            "with meta_rl.config.register_config); meta-rl never imports code a run folder "
+            f"names. Known: {', '.join(sorted(_REGISTRY)) or 'none loaded'}"
+        )
+    return cls
+
+
 @dataclass
 class BaseConfig:
     """Fields every trainer shares. Subclass it (a plain, non-frozen dataclass) per trainer."""
@@ -341,6 +403,11 @@ class BaseConfig:
     """write metrics (CSV, TensorBoard, log file) every this many iterations"""
     num_threads: int = field(default=0, metadata=bounds(ge=0))
     """torch CPU threads for the run (0: leave torch's default)"""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if _ours(cls):  # this package's own config classes; others: register_config
+            _REGISTRY[cls.__qualname__] = cls
 
     def apply_num_threads(self) -> None:
         """Set torch's CPU thread count to ``num_threads`` (a no-op when it is 0)."""

@@ -1,9 +1,10 @@
-"""The preset table: a name -> (trainer, config class, overrides, summary).
+"""The preset table: a name -> (trainer, config class, overrides, summary, data-parallel).
 
-Trainers and config classes are ``"module:name"`` strings imported only when a preset is used,
-so a preset whose module is missing or broken fails with a clear message when it is asked for
-while ``meta-rl presets`` still lists every preset. A trainer is ``train(config, run) -> dict``
-(the final metrics); see :mod:`meta_rl.runs` for the step convention.
+A preset holds its trainer function and its config class themselves (every trainer module
+imports with the core dependencies; the MuJoCo / Meta-World presets need their extra only when
+their env is made). A trainer is ``train(config, run) -> dict`` (the final metrics); see
+:mod:`meta_rl.runs` for the step convention. Run folders record the trainer and the config
+class by their stable ``"module:name"`` (:attr:`Preset.trainer`, ``runs.class_path``).
 """
 
 from __future__ import annotations
@@ -15,48 +16,45 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meta_rl.config import BaseConfig, ConfigError, apply_overrides
+from meta_rl.fewshot import gradient, mann, metric, ntm_copy
+from meta_rl.rl import maml, oracle, reptile, rl2
 
 log = logging.getLogger(__name__)
 
+Trainer = Callable[..., Mapping[str, Any]]
+"""``train(config, run) -> final metrics`` (``run``: a :class:`meta_rl.runs.Run` or ``None``)"""
+
 
 class PresetError(ValueError):
-    """An unknown preset, or one whose trainer/config cannot be imported or built."""
+    """An unknown preset, or one whose config cannot be built."""
 
 
 @dataclass(frozen=True)
 class Preset:
     name: str
-    trainer: str
-    """"module:function" of ``train(config, run) -> dict``"""
-    config: str
-    """"module:Class" of the config dataclass (a BaseConfig)"""
+    train: Trainer
+    """the trainer, ``train(config, run) -> dict``"""
+    config: type[BaseConfig]
+    """the config dataclass (a BaseConfig)"""
     overrides: Mapping[str, Any] = field(default_factory=dict)
     """config values that make this preset (applied over the class defaults)"""
     summary: str = ""
+    data_parallel: bool = False
+    """the trainer shards its meta-batch over torchrun's ranks (:mod:`meta_rl.launch` refuses
+    the others: their ranks would only repeat rank 0's work)"""
 
-    def _import(self, what: str, path: str) -> Any:
-        import importlib
-
-        module, sep, name = path.partition(":")
-        try:
-            return getattr(importlib.import_module(module), name)
-        except Exception as err:  # a missing module, or one that fails while importing
-            raise PresetError(
-                f"preset {self.name!r} cannot be used: its {what} {path!r} failed to import "
-                f"({type(err).__name__}: {err})"
-            ) from err
+    @property
+    def trainer(self) -> str:
+        """The trainer's stable name, ``"module:function"`` (recorded in run folders)."""
+        return f"{self.train.__module__}:{self.train.__qualname__}"
 
     def config_class(self) -> type[BaseConfig]:
-        cls = self._import("config class", self.config)
-        if not (isinstance(cls, type) and issubclass(cls, BaseConfig)):
-            raise PresetError(f"preset {self.name!r}: {self.config!r} is not a BaseConfig class")
-        return cls
+        """:attr:`config` (kept for callers written against the string table)."""
+        return self.config
 
-    def load_trainer(self) -> Callable[..., Mapping[str, Any]]:
-        fn = self._import("trainer", self.trainer)
-        if not callable(fn):
-            raise PresetError(f"preset {self.name!r}: trainer {self.trainer!r} is not callable")
-        return fn
+    def load_trainer(self) -> Trainer:
+        """:attr:`train` (kept for callers written against the string table)."""
+        return self.train
 
     def make_config(
         self,
@@ -65,11 +63,13 @@ class Preset:
     ) -> BaseConfig:
         """Class defaults, then the preset's overrides, then ``values`` (e.g. from YAML; dotted
         keys allowed), then ``key=value`` strings from the command line."""
-        cls = self.config_class()
+        cls = self.config
         try:
             base = apply_overrides(cls(), dict(self.overrides))
         except ConfigError as err:
-            raise PresetError(f"preset {self.name!r} does not fit {self.config}: {err}") from err
+            raise PresetError(
+                f"preset {self.name!r} does not fit {cls.__module__}:{cls.__qualname__}: {err}"
+            ) from err
         config = apply_overrides(base, dict(values or {}))
         return apply_overrides(config, list(overrides))
 
@@ -77,19 +77,20 @@ class Preset:
 def _grad(name: str, algorithm: str, task: str, summary: str) -> Preset:
     return Preset(
         name,
-        "meta_rl.fewshot.gradient:train",
-        "meta_rl.fewshot.gradient:GradientFewShotConfig",
+        gradient.train,
+        gradient.GradientFewShotConfig,
         {"algorithm": algorithm, "task": task},
         summary,
+        data_parallel=True,
     )
 
 
 def _rl2(name: str, overrides: dict[str, Any], summary: str) -> Preset:
-    return Preset(name, "meta_rl.rl.rl2:train", "meta_rl.rl.rl2:RL2Config", overrides, summary)
+    return Preset(name, rl2.train, rl2.RL2Config, overrides, summary, data_parallel=True)
 
 
 def _maml(name: str, overrides: dict[str, Any], summary: str) -> Preset:
-    return Preset(name, "meta_rl.rl.maml:train", "meta_rl.rl.maml:MAMLConfig", overrides, summary)
+    return Preset(name, maml.train, maml.MAMLConfig, overrides, summary, data_parallel=True)
 
 
 _CARTPOLE_MAML = {
@@ -182,43 +183,48 @@ PRESETS: dict[str, Preset] = {
         _grad("reptile-glyphs", "reptile", "glyphs", "Reptile, few-shot classification of glyphs"),
         Preset(
             "protonet-glyphs",
-            "meta_rl.fewshot.metric:train_protonet",
-            "meta_rl.fewshot.metric:ProtoNetConfig",
+            metric.train_protonet,
+            metric.ProtoNetConfig,
             {},
             "Prototypical networks, few-shot classification of glyphs",
+            data_parallel=True,  # splits the meta_batch of episodes (or one episode's images)
         ),
         Preset(
             "siamese-glyphs",
-            "meta_rl.fewshot.metric:train_siamese",
-            "meta_rl.fewshot.metric:SiameseConfig",
+            metric.train_siamese,
+            metric.SiameseConfig,
             {},
             "Siamese network (verification), one-shot glyph classification",
+            data_parallel=True,
         ),
         Preset(
             "mann-glyphs",
-            "meta_rl.fewshot.mann:train",
-            "meta_rl.fewshot.mann:MANNConfig",
+            mann.train,
+            mann.MANNConfig,
             {},
             "Memory-augmented network (MANN), episodic glyph classification",
+            data_parallel=True,  # splits the batch_size sequences
         ),
         Preset(
             "ntm-glyphs",
-            "meta_rl.fewshot.mann:train",
-            "meta_rl.fewshot.mann:MANNConfig",
+            mann.train,
+            mann.MANNConfig,
             {"memory": "ntm"},
             "Neural Turing Machine memory beside MANN's, episodic glyph classification",
+            data_parallel=True,  # splits the batch_size sequences
         ),
         Preset(
             "ntm-copy",
-            "meta_rl.fewshot.ntm_copy:train",
-            "meta_rl.fewshot.ntm_copy:CopyTaskConfig",
+            ntm_copy.train,
+            ntm_copy.CopyTaskConfig,
             {"device": "cpu", "num_threads": 1},  # one sequence per update: overhead-bound
             "Neural Turing Machine on the copy task (Graves et al. 2014): error bits per sequence",
+            data_parallel=True,  # splits the batch_size sequences (batch_size >= ranks)
         ),
         Preset(
             "oracle-pointnav",
-            "meta_rl.rl.oracle:train_oracle_pointnav",
-            "meta_rl.rl.oracle:OracleNavConfig",
+            oracle.train_oracle_pointnav,
+            oracle.OracleNavConfig,
             {},
             "REINFORCE on batched PointNav seeing the goal (task-aware baseline; infra check)",
         ),
@@ -250,10 +256,11 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "reptile-pointnav",
-            "meta_rl.rl.reptile:train",
-            "meta_rl.rl.reptile:ReptileConfig",
+            reptile.train,
+            reptile.ReptileConfig,
             {},
             "Reptile with policy-gradient inner steps, PointNav",
+            data_parallel=True,
         ),
         _rl2(
             "rl2-bandits",

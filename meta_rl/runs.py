@@ -9,16 +9,24 @@
       checkpoints/       step_XXXXXXXX.json + .safetensors (see meta_rl.checkpoint)
       log.txt            the library's log lines during the run
       final.json         final metrics, written when the trainer returns
+      .lock              while a training process writes the folder: its pid and host
 
 A trainer is ``train(config, run) -> dict``. The convention for ``step``: the number of
 iterations completed. After iteration ``i`` (0-based) a trainer logs ``run.log(i + 1, ...)`` and
 saves ``run.save(i + 1, ...)``; on resume it continues at ``run.load_last().step``. Resuming
 drops metric rows and TensorBoard events logged after the last checkpoint, so the iterations
 between that checkpoint and the crash are neither lost nor counted twice.
+
+A run folder is data. Loading one never imports code it names (its config class is looked up
+among meta-rl's own, :func:`meta_rl.config.config_class`), never reads or writes outside it
+(a checkpoint's tensors file lies in ``checkpoints/``; a ``data_root`` it names is not used),
+and everything it holds is checked before use. One process writes a run folder at a time
+(:mod:`meta_rl.runlock`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime as _dt
@@ -38,11 +46,13 @@ from meta_rl.checkpoint import (
     Checkpoint,
     CheckpointError,
     atomic_write,
+    checkpoint_sidecar,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
-from meta_rl.config import BaseConfig, ConfigError, apply_overrides, diff
+from meta_rl.config import BaseConfig, ConfigError, apply_overrides, config_class, diff
+from meta_rl.runlock import LOCK_FILE, LockedError, RunLock, acquire
 
 log = logging.getLogger(__name__)
 metrics_log = logging.getLogger("meta_rl.runs.metrics")  # one line per run.log call
@@ -54,14 +64,26 @@ METRICS_FILE = "metrics.csv"
 LOG_FILE = "log.txt"
 FINAL_FILE = "final.json"
 
-# Fields that may change when a run is resumed (the schedule, not what is learned).
+# Fields of the machine, not of what is learned: a loaded run does not choose them for the user.
+LOCAL_KEYS = frozenset({"data_root"})
+# Fields that may change when a run is resumed (the schedule and the machine).
 RESUMABLE_KEYS = frozenset(
     {"iterations", "eval_every", "checkpoint_every", "keep_checkpoints", "log_every"}
+    | {"device", "num_threads"}
+    | LOCAL_KEYS
 )
 
 
 class RunError(RuntimeError):
     """A run folder that cannot be created or resumed as asked. The message says why."""
+
+
+class RunFinished(RunError):
+    """Resuming a run that has finished (its ``final.json`` is written): nothing to do."""
+
+    def __init__(self, message: str, final: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.final = final
 
 
 def due(step: int, every: int, last: int | None = None) -> bool:
@@ -72,16 +94,6 @@ def due(step: int, every: int, last: int | None = None) -> bool:
 def class_path(obj: type | Any) -> str:
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def load_object(path: str) -> Any:
-    """Import ``"module:attr"``."""
-    import importlib
-
-    module, sep, name = path.partition(":")
-    if not sep:
-        raise RunError(f"{path!r} is not of the form 'module:name'")
-    return getattr(importlib.import_module(module), name)
 
 
 def read_run(path: str | Path) -> dict[str, Any]:
@@ -101,23 +113,60 @@ def read_run(path: str | Path) -> dict[str, Any]:
             f"{str(cfile)!r} has run format version {data.get('version')!r}; this meta-rl reads "
             f"up to {RUN_VERSION}: upgrade meta-rl"
         )
+    for key, kind, what in (
+        ("preset", str, "a preset name"),
+        ("config_class", str, "a config class name"),
+        ("config", dict, "a mapping of config fields"),
+    ):
+        if not isinstance(data.get(key), kind):
+            got = "has none" if key not in data else f"has {data[key]!r}"
+            raise RunError(
+                f"{str(cfile)!r} is damaged: its {key!r} entry should be {what} but {got}; "
+                "restore the file from a copy of the run, or start a new run"
+            )
     return data
 
 
 def load_config(path: str | Path) -> BaseConfig:
-    """Rebuild the config object of a run folder from its ``config.json``."""
+    """Rebuild the config object of a run folder from its ``config.json``.
+
+    The class comes from meta-rl's closed registry (nothing the folder names is imported);
+    fields of the machine (:data:`LOCAL_KEYS`, e.g. ``data_root``) are left at their defaults:
+    set them yourself (``--set data_root=DIR`` when resuming)."""
     data = read_run(path)
     try:
-        cls = load_object(data["config_class"])
-    except (ImportError, AttributeError) as err:
-        raise RunError(
-            f"run {str(path)!r} needs config class {data['config_class']!r}, which cannot be "
-            f"imported: {type(err).__name__}: {err}"
-        ) from err
+        cls = config_class(data["config_class"])
+    except ConfigError as err:
+        raise RunError(f"run {str(path)!r} cannot be loaded: {err}") from err
+    values = dict(data["config"])
+    for key in sorted(LOCAL_KEYS & set(values)):
+        if values[key] is not None:
+            log.info(
+                "not using %s=%r from %s (a run folder does not choose where meta-rl reads or "
+                "writes data; pass --set %s=DIR)",
+                key,
+                values[key],
+                Path(path) / CONFIG_FILE,
+                key,
+            )
+        del values[key]
     try:
-        return cls.from_dict(data["config"])
+        return cls.from_dict(values)
     except ConfigError as err:
         raise RunError(f"config of run {str(path)!r} is not valid: {err}") from err
+
+
+def run_of_checkpoint(path: str | Path) -> tuple[Path, Path]:
+    """(sidecar, run folder) of a checkpoint file: a run's ``checkpoints/step_*.json`` or the
+    ``.safetensors`` file one of them names."""
+    sidecar = checkpoint_sidecar(path)
+    folder = sidecar.parent
+    if folder.name != "checkpoints" or not (folder.parent / CONFIG_FILE).exists():
+        raise RunError(
+            f"checkpoint {str(path)!r} is not inside a run folder's checkpoints/ folder: the "
+            "run's config.json is needed to rebuild the policy"
+        )
+    return sidecar, folder.parent
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,6 +179,21 @@ def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
         reader = csv.DictReader(f)
         rows = list(reader)
         return list(reader.fieldnames or []), rows
+
+
+def _drop_torn_row(path: Path) -> bool:
+    """Drop a last row cut short by a crash mid-append (the file does not end with a newline:
+    appends write whole lines). Returns whether one was dropped."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    if not data or data.endswith(b"\n"):
+        return False
+    cut = data.rfind(b"\n") + 1
+    log.warning("%s: dropping a torn last row %r (a crash mid-write)", path, data[cut:][:60])
+    atomic_write(path, data[:cut])
+    return True
 
 
 def _write_csv(path: Path, columns: list[str], rows: Iterable[Mapping[str, Any]]) -> None:
@@ -176,6 +240,23 @@ class Run:
         config: BaseConfig,
         checkpoint: Checkpoint | None,
         show_progress: bool = False,
+        lock: RunLock | None = None,
+    ) -> None:
+        self._lock = lock
+        self._closed = True  # until the handlers below exist
+        try:
+            self._open(path, info, config, checkpoint, show_progress)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(
+        self,
+        path: Path,
+        info: dict[str, Any],
+        config: BaseConfig,
+        checkpoint: Checkpoint | None,
+        show_progress: bool,
     ) -> None:
         self.path = path
         self.info = info
@@ -190,7 +271,6 @@ class Run:
         self._columns, _ = _read_csv(self.metrics_path)
         self._bar: Any = None
         self._bar_key: str | None = None
-        self._closed = False
 
         # The log file gets the library's log lines while the run is open.
         self._handler = logging.FileHandler(path / LOG_FILE, encoding="utf-8")
@@ -203,6 +283,7 @@ class Run:
         if self._logger.getEffectiveLevel() > logging.INFO:
             self._logger.setLevel(logging.INFO)
         self._logger.addHandler(self._handler)
+        self._closed = False
 
         from torch.utils.tensorboard import SummaryWriter
 
@@ -212,11 +293,8 @@ class Run:
     # -- building ------------------------------------------------------------------------
     @staticmethod
     def describe(preset: str, config: BaseConfig, trainer: str | None = None) -> dict[str, Any]:
-        """The ``config.json`` content of a run of ``preset`` with ``config``."""
-        if trainer is None:
-            from meta_rl.presets import PRESETS
-
-            trainer = PRESETS[preset].trainer if preset in PRESETS else None
+        """The ``config.json`` content of a run of ``preset`` with ``config``; ``trainer``: the
+        trainer's stable name (``Preset.trainer``) when the caller knows it."""
         from meta_rl._version import __version__
 
         return {
@@ -236,7 +314,14 @@ class Run:
         path = Path(out_dir)
         if path.exists() and not path.is_dir():
             raise RunError(f"run folder {str(path)!r} exists and is not a folder")
-        if not path.exists() or not any(path.iterdir()):
+        if not path.exists() or not any(p.name != LOCK_FILE for p in path.iterdir()):
+            return
+        _lock(path).release()  # a folder being written: refused naming its writer
+        cls._check_contents(path, preset, config)
+
+    @staticmethod
+    def _check_contents(path: Path, preset: str, config: BaseConfig) -> None:
+        if not any(p.name != LOCK_FILE for p in path.iterdir()):
             return
         if not (path / CONFIG_FILE).exists():
             raise RunError(
@@ -272,10 +357,20 @@ class Run:
             raise RunError(f"config must be a BaseConfig, got {type(config).__name__}")
         cls.check_new(out_dir, preset, config)
         path = Path(out_dir)
+        made = not path.exists()
         path.mkdir(parents=True, exist_ok=True)
-        info = cls.describe(preset, config, trainer)
-        atomic_write(path / CONFIG_FILE, json.dumps(info, indent=2).encode())
-        run = cls(path, info, config, None, show_progress)
+        lock = _lock(path)
+        try:
+            cls._check_contents(path, preset, config)  # again, now that no one else writes
+            info = cls.describe(preset, config, trainer)
+            atomic_write(path / CONFIG_FILE, json.dumps(info, indent=2).encode())
+        except BaseException:
+            lock.release()
+            if made:
+                with contextlib.suppress(OSError):
+                    path.rmdir()  # only if still empty
+            raise
+        run = cls(path, info, config, None, show_progress, lock)
         log.info("new run of preset %s (%s) in %s", preset, info["config_class"], path)
         return run
 
@@ -301,6 +396,20 @@ class Run:
                 f"run folder {str(path)!r} holds a run of preset {info.get('preset')!r}, "
                 f"not {preset!r}; choose another --out for a new run"
             )
+        lock = _lock(path)
+        try:
+            new, checkpoint, info = cls._prepare_resume(path, info, overrides)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(path, info, new, checkpoint, show_progress, lock)
+
+    @classmethod
+    def _prepare_resume(
+        cls, path: Path, info: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any]
+    ) -> tuple[BaseConfig, Checkpoint | None, dict[str, Any]]:
+        """Check everything (config, overrides, the checkpoint), then write: config.json and
+        metrics.csv change only once the run is known to be resumable. Holds the lock."""
         config = load_config(path)
         new = apply_overrides(config, overrides)
         changed = diff(config, new)
@@ -311,11 +420,6 @@ class Run:
                 f"cannot change {', '.join(parts)} when resuming {str(path)!r}; only "
                 f"{', '.join(sorted(RESUMABLE_KEYS))} may change. Start a new run with --out"
             )
-        if changed:
-            log.info("resuming with changed %s", ", ".join(changed))
-            info = {**info, "config": new.to_dict()}
-            atomic_write(path / CONFIG_FILE, json.dumps(info, indent=2).encode())
-
         newest = latest_checkpoint(path / "checkpoints")
         try:
             checkpoint = load_checkpoint(newest) if newest is not None else None
@@ -325,18 +429,41 @@ class Run:
                 "from the checkpoints folder"
             ) from err
         step = checkpoint.step if checkpoint is not None else 0
-        columns, rows = _read_csv(path / METRICS_FILE)
+        iterations = getattr(new, "iterations", None)
+        final_file = path / FINAL_FILE
+        if isinstance(iterations, int) and step >= iterations and final_file.exists():
+            try:
+                final = json.loads(final_file.read_text())
+            except (OSError, ValueError):
+                final = None
+            if isinstance(final, dict):
+                raise RunFinished(
+                    f"run {str(path)!r} is finished: it trained {step} of {iterations} "
+                    f"iterations and its results are in {final_file} (unchanged). To train "
+                    f"longer, resume with --set iterations=N (N > {step})",
+                    final,
+                )
+
+        # Everything checked: now write.
+        if changed:
+            log.info("resuming with changed %s", ", ".join(changed))
+        if new.to_dict() != info["config"]:
+            info = {**info, "config": new.to_dict()}
+            atomic_write(path / CONFIG_FILE, json.dumps(info, indent=2).encode())
+        metrics = path / METRICS_FILE
+        torn = _drop_torn_row(metrics)
+        columns, rows = _read_csv(metrics)
         kept = [r for r in rows if _row_step(r) <= step]
         if len(kept) != len(rows):
-            _write_csv(path / METRICS_FILE, columns, kept)
-        info = {**info, "resumed": True}
+            _write_csv(metrics, columns, kept)
         log.info(
-            "resuming %s at step %d (dropped %d metric rows logged after it)",
+            "resuming %s at step %d (dropped %d metric rows logged after it%s)",
             path,
             step,
             len(rows) - len(kept),
+            " and a torn one" if torn else "",
         )
-        return cls(path, info, new, checkpoint, show_progress)
+        return new, checkpoint, {**info, "resumed": True}
 
     # -- writing -------------------------------------------------------------------------
     def log(self, step: int, metrics: Mapping[str, Any]) -> None:
@@ -412,27 +539,51 @@ class Run:
         return self._bar
 
     def finish(self, metrics: Mapping[str, Any]) -> dict[str, float]:
-        """Write the trainer's final metrics to ``final.json`` and return them as floats."""
+        """Write the trainer's final metrics to ``final.json`` and return them as floats.
+
+        A run resumed at its last step (it crashed after its final checkpoint) trained nothing
+        in this process: the metrics logged at that step complete what the trainer returns."""
         final = {k: _scalar(k, v) for k, v in metrics.items()}
+        iterations = getattr(self.config, "iterations", None)
+        if self.info.get("resumed") and self.start_step == iterations:
+            final = {**self._logged_at(self.start_step), **final}
         atomic_write(self.path / FINAL_FILE, json.dumps(final, indent=2).encode())
         return final
 
+    def _logged_at(self, step: int) -> dict[str, float]:
+        """The metrics logged at ``step`` (rows of that step merged, empty cells skipped)."""
+        out: dict[str, float] = {}
+        for row in read_metrics(self.metrics_path):
+            if row.get("step") == step:
+                out.update({k: v for k, v in row.items() if k not in ("step", "time")})
+        return {k: v for k, v in out.items() if not math.isnan(v)}
+
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if self._bar is not None:
-            self._bar.close()
-        self.writer.close()
-        self._logger.removeHandler(self._handler)
-        self._handler.close()
-        self._logger.setLevel(self._old_level)
+        """Flush and close the run's files and give back its lock (idempotent)."""
+        if not self._closed:
+            self._closed = True
+            if self._bar is not None:
+                self._bar.close()
+            if getattr(self, "writer", None) is not None:
+                self.writer.close()
+            self._logger.removeHandler(self._handler)
+            self._handler.close()
+            self._logger.setLevel(self._old_level)
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> Run:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _lock(path: Path) -> RunLock:
+    try:
+        return acquire(path)
+    except LockedError as err:
+        raise RunError(str(err)) from err
 
 
 def _row_step(row: Mapping[str, str]) -> float:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from meta_rl.checkpoint import latest_checkpoint
-from meta_rl.evaluate import evaluate, markdown_table, write_outputs
+from meta_rl.evaluate import evaluate_run, markdown_table, write_outputs
 from meta_rl.presets import get_preset
 from meta_rl.runs import Run
 
@@ -38,8 +38,8 @@ def train_run(path: Path, seed: int) -> float:
     preset = get_preset(PRESET)
     config = preset.make_config({"seed": seed, "device": "cpu"})
     start = time.perf_counter()
-    with Run.create(path, PRESET, config, show_progress=True) as run:
-        final = preset.load_trainer()(run.config, run)
+    with Run.create(path, PRESET, config, trainer=preset.trainer, show_progress=True) as run:
+        final = preset.train(run.config, run)
         run.finish(final)
     seconds = time.perf_counter() - start
     print(
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         train_seconds = train_run(run, args.seed)
     start = time.perf_counter()
     with tqdm(desc="evaluate", dynamic_ncols=True) as bar:
-        report = evaluate(
+        report = evaluate_run(
             run,
             split="test",
             tasks=args.tasks,
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=bar,
         )
     if train_seconds:
-        report["train_seconds"] = train_seconds
+        report.extra["train_seconds"] = train_seconds
     paths = write_outputs(report, args.out)
     print(markdown_table(report))
     print(

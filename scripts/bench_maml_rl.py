@@ -12,8 +12,8 @@ and in how the Fisher-vector products of the conjugate gradient are formed (the 
   stacked, policy forward / inner step / meta-objective batched over tasks; Fisher-vector
   products in the exact Gauss-Newton form ``J^T M J v`` (``fisher_product="gauss_newton"``),
   applied as ``A J_q^T M J_q A v`` with ``A = I - lr H_support`` the (symmetric) Jacobian of
-  the inner step: two support Hessian-vector products per CG iteration
-  (``OuterProblem.fisher_product``); ``x^T F x`` from CG's residual; tanh layers run as
+  the inner step: two support Hessian-vector products per CG iteration, written out
+  (``meta_rl.rl.maml_fast``); ``x^T F x`` from CG's residual; tanh layers run as
   ``2 sigmoid(2z) - 1`` with the affine maps folded into the weights (``batched_call``);
 - loop: a Python loop over tasks, each sampled through a Gymnasium ``SyncVectorEnv`` of 20
   scalar ``PointNavEnv``s, policy forward by ``functional_call`` on that task's params, the inner
@@ -62,7 +62,7 @@ from meta_rl.policies import make_mlp_policy
 from meta_rl.rl import maml as maml_module
 from meta_rl.rl.maml import MAMLConfig, train
 from meta_rl.rl.rollout import Episodes, compute_advantages
-from meta_rl.rl.trpo import trpo_step
+from meta_rl.rl.trpo import KLObjective, trpo_step
 
 ENV_ID = "MetaRL/PointNav-v0"
 TRPO_SECONDS = [0.0]  # time spent inside trpo_step (both contenders), for the breakdown
@@ -226,7 +226,8 @@ class LoopMAML:
         rows = slice(None, None, cfg.fisher_subsample)
         separate_fisher = cfg.fisher == "first_order" or rows.step > 1 or k < cfg.meta_batch
 
-        def objective(outer, second_order):  # ---- the TRPO objective, one task at a time ----
+        def objective(second_order):  # ---- the TRPO objective, one task at a time ----
+            outer = self.theta
             losses, kls, fisher_kls = [], [], []
             for t, (support, query, old) in enumerate(
                 zip(supports, queries, old_heads, strict=True)
@@ -246,9 +247,10 @@ class LoopMAML:
             kl = torch.stack(fisher_kls if fisher_kls else kls).mean()
             return torch.stack(losses).mean(), kl
 
+        leaves = list(self.theta.values())
         timed_trpo_step(
-            self.theta,
-            objective,
+            leaves,
+            KLObjective(objective, leaves),
             max_kl=cfg.max_kl,
             damping=cfg.cg_damping,
             cg_iters=cfg.cg_iters,

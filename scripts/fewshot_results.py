@@ -245,10 +245,10 @@ def run_entry(entry: Entry, budget: str, out: Path) -> dict[str, float]:
         final_path.unlink(missing_ok=True)  # stale: the schedule changed, or it was killed
         run = Run.resume(folder, overrides, preset=entry.preset, show_progress=True)
     else:
-        run = Run.create(folder, entry.preset, config, show_progress=True)
+        run = Run.create(folder, entry.preset, config, trainer=preset.trainer, show_progress=True)
     with run:
         t0 = time.perf_counter()
-        metrics = preset.load_trainer()(run.config, run)
+        metrics = preset.train(run.config, run)
         final = run.finish(metrics or {})
         log.info("%s: done in %.0f s", entry.name, time.perf_counter() - t0)
     return final

@@ -67,7 +67,7 @@ def run_preset(name: str, device: str, iterations: int, root: Path) -> dict[str,
     t0 = time.perf_counter()
     try:
         preset = get_preset(name)
-        trainer = preset.load_trainer()
+        trainer = preset.train
     except Exception as err:  # an optional extra is missing: say so, do not fail
         row.update(status="skipped", reason=f"{type(err).__name__}: {err}")
         return row
@@ -78,7 +78,7 @@ def run_preset(name: str, device: str, iterations: int, root: Path) -> dict[str,
         return row
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    run = Run.create(root / name, name, config)
+    run = Run.create(root / name, name, config, trainer=preset.trainer)
     try:
         trainer(config, run)
         if latest_checkpoint(run.checkpoint_dir) is None:

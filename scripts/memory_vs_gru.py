@@ -85,7 +85,7 @@ def run_one(preset: str, out: Path, seed: int, sets: list[str]) -> dict:
 
 def param_count(preset: str, sets: list[str]) -> int:
     p = get_preset(preset)
-    cls = p.config_class()
+    cls = p.config
     over = dict(p.overrides)
     for s in sets:
         key, _, value = s.partition("=")

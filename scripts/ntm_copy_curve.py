@@ -2,7 +2,8 @@
 
 Reads each run's ``metrics.csv`` and ``config.json``; x is training sequences (updates x
 ``batch_size``). Plotted: the training cost averaged over the last ``log_every`` sequences and
-the held-out test cost (lengths 1-20, and the longer ``eval_lengths``), error bits per sequence,
+the held-out test cost (lengths 1-20, and the longer ``eval_lengths`` for the first run), error
+bits per sequence,
 log scale, with the 1-bit line and the 30k-sequence budget of issue 18. Printed: every
 evaluation row and the first evaluation with a test cost below 1 bit.
 
@@ -34,7 +35,7 @@ def curve(run: Path) -> tuple[dict, list[dict[str, float]]]:
 def report(run: Path, config: dict, rows: list[dict[str, float]]) -> None:
     longer = [f"test_cost_{n}" for n in config["eval_lengths"]]
     evals = [r for r in rows if not math.isnan(r.get("test_cost", math.nan))]
-    print(f"{run}: batch_size {config['batch_size']}, lr {config['lr']}, seed {config['seed']}")
+    print(f"{run}: {variant(config)}, lr {config['lr']}")
     print(
         f"{'sequences':>10} {'train avg':>9} {'test 1-20':>9} {'+-95%':>6} "
         + " ".join(f"{k[5:]:>9}" for k in longer)
@@ -56,15 +57,29 @@ def report(run: Path, config: dict, rows: list[dict[str, float]]) -> None:
         )
 
 
+def variant(config: dict) -> str:
+    """What the run's NTM is (runs made before the options existed are the reference's)."""
+    if config.get("memory_init", "random") == "random" and not config.get("bounded", False):
+        text = "reference NTM"
+    else:
+        text = f"{config['memory_init']} memory, {'bounded' if config['bounded'] else 'unbounded'}"
+    if config.get("lr_final_fraction", 1.0) < 1.0:
+        text += f", lr decay to x{config['lr_final_fraction']}"
+    if config["batch_size"] > 1:
+        text += f", batch {config['batch_size']}"
+    return f"{text}, seed {config['seed']}"
+
+
 def plot(runs: list[tuple[Path, dict, list[dict[str, float]]]], path: Path) -> Path:
+    """Every run's training and test cost; the longer lengths for the first run only."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=110)
-    for i, (run, config, rows) in enumerate(runs):
-        label = f"{run.name} (seed {config['seed']})"
+    for i, (_, config, rows) in enumerate(runs):
+        label = variant(config)
         x = [r["sequences"] for r in rows]
         ax.plot(
             x,
@@ -84,7 +99,7 @@ def plot(runs: list[tuple[Path, dict, list[dict[str, float]]]], path: Path) -> P
             ms=3,
             label=f"{label}: test, lengths {config['min_length']}-{config['max_length']}",
         )
-        for j, n in enumerate(config["eval_lengths"]):
+        for j, n in enumerate(config["eval_lengths"] if i == 0 else ()):
             ax.plot(
                 ex,
                 [r[f"test_cost_{n}"] for r in evals],

@@ -17,7 +17,7 @@ import torch
 
 import meta_rl
 from meta_rl.agent import GradientAgent, MemoryAgent, SpaceMismatchError
-from meta_rl.checkpoint import CheckpointError, latest_checkpoint
+from meta_rl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from meta_rl.cli import main
 from meta_rl.runs import RunError
 
@@ -121,12 +121,12 @@ def test_load_gives_the_trained_policy_and_same_actions_in_a_fresh_process(grad_
 
 
 def test_adaptation_is_the_training_code_path(grad_run):
-    from meta_rl.rl.maml import evaluate_adaptation
+    from meta_rl.rl.maml import adaptation_curve, evaluate_adaptation
 
     agent = meta_rl.load(grad_run)
     env = agent.make_env(3, 2)
     tasks = env.sample_tasks(3, np.random.default_rng(1), "test")
-    curve = agent.adaptation_curve(env, tasks, 2, seed=7)
+    curve = adaptation_curve(agent.learner, env, tasks, 2, seed=7)
     assert curve.returns.shape == (3, 3) and curve.env_steps.shape == (3, 3)
     # the mean over tasks is exactly what training's evaluation logs for the same seed
     assert curve.returns.mean(1).tolist() == evaluate_adaptation(agent.learner, env, tasks, 2, 7)
@@ -192,6 +192,36 @@ def test_export_loads_in_a_process_without_meta_rl_and_matches(grad_run, tmp_pat
     assert not np.allclose(unadapted, det)
 
 
+def test_exported_policies_take_the_envs_numpy_observation_in_any_float_dtype(
+    grad_run, mem_run, tmp_path
+):
+    """README: ``torch.jit.load("policy.pt")(torch.as_tensor(obs))`` with the env's own numpy
+    observation; a float64 tensor gives the same actions as float32 (issue 14)."""
+    agent = meta_rl.load(grad_run)
+    policy = torch.jit.load(str(agent.export(tmp_path / "policy.pt")))
+    env = gym.make("MetaRL/PointNav-v0")
+    obs, _ = env.reset(seed=0)
+    action = policy(torch.as_tensor(obs)).numpy()  # the README line
+    assert action.shape == env.action_space.shape and env.action_space.contains(action)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16, torch.int64):
+        x = torch.as_tensor(OBS).to(dtype)
+        assert policy(x).dtype == torch.float32
+        assert (
+            policy(x, False, torch.zeros(len(OBS), 2, dtype=torch.float64)).dtype == torch.float32
+        )
+    x64 = torch.as_tensor(OBS.astype(np.float64))
+    assert torch.equal(policy(x64), policy(torch.as_tensor(OBS)))
+    assert torch.equal(policy.head(x64), policy.head(torch.as_tensor(OBS)))
+
+    memory = meta_rl.load(mem_run)
+    rl2 = torch.jit.load(str(memory.export(tmp_path / "rl2.pt")))
+    trial_obs = np.random.default_rng(0).random((3, memory.trial_observation_space.shape[0]))
+    state = rl2.initial_state(3)
+    a64, s64 = rl2(torch.as_tensor(trial_obs), state.double())  # numpy float64 as it comes
+    a32, s32 = rl2(torch.as_tensor(trial_obs, dtype=torch.float32), state)
+    assert torch.equal(a64, a32) and torch.equal(s64, s32) and s64.dtype == torch.float32
+
+
 # --------------------------------------------------------------------------------------------
 # Errors: one clear error naming the file or the mismatch
 # --------------------------------------------------------------------------------------------
@@ -202,15 +232,62 @@ def copy_run(run: Path, dest: Path) -> Path:
     return dest
 
 
-def test_corrupt_safetensors_names_the_file(grad_run, tmp_path):
-    run = copy_run(grad_run, tmp_path / "run")
-    sidecar = latest_checkpoint(run / "checkpoints")
-    tensors = run / "checkpoints" / json.loads(sidecar.read_text())["tensors_file"]
+def _flip_a_byte(sidecar: Path) -> Path:
+    tensors = sidecar.parent / json.loads(sidecar.read_text())["tensors_file"]
     blob = bytearray(tensors.read_bytes())
     blob[-5] ^= 0xFF
     tensors.write_bytes(bytes(blob))
-    with pytest.raises(CheckpointError, match=f"{tensors.name}.*corrupt"):
+    return tensors
+
+
+def test_corrupt_newest_checkpoint_falls_back_on_the_older_one(grad_run, tmp_path, caplog):
+    run = copy_run(grad_run, tmp_path / "run")
+    (older, _), (_, newest) = list_checkpoints(run / "checkpoints")[-2:]
+    tensors = _flip_a_byte(newest)
+    agent = meta_rl.load(run)
+    assert agent.checkpoint_step == older
+    warning = f"using checkpoint step_{older:08d}.json (step {older}): the newer {newest.name}"
+    assert warning in caplog.text and f"{tensors.name}' is corrupt" in caplog.text
+    for _, sidecar in list_checkpoints(run / "checkpoints"):
+        if sidecar != newest:
+            _flip_a_byte(sidecar)
+    with pytest.raises(CheckpointError, match=f"{tensors.name}.*corrupt"):  # none usable
         meta_rl.load(run)
+
+
+def test_load_a_checkpoint_file(grad_run):
+    (first, sidecar), (last, _) = list_checkpoints(grad_run / "checkpoints")[-2:]
+    agent = meta_rl.load(sidecar)  # the README: "a run folder or a checkpoint file"
+    assert agent.checkpoint_step == first and agent.path == grad_run
+    tensors = grad_run / "checkpoints" / json.loads(sidecar.read_text())["tensors_file"]
+    assert meta_rl.load(tensors).checkpoint_step == first
+    assert meta_rl.load(grad_run).checkpoint_step == last
+    with pytest.raises(CheckpointError, match="neither a run folder nor a checkpoint file"):
+        meta_rl.load(grad_run / "config.json")
+    with pytest.raises(RunError, match="run folder 'nowhere' does not exist"):
+        meta_rl.load("nowhere")
+
+
+def test_load_refuses_non_finite_weights(grad_run, tmp_path):
+    from tests.test_config import rewrite_tensors
+
+    run = copy_run(grad_run, tmp_path / "run")
+    for _, sidecar in list_checkpoints(run / "checkpoints"):
+        rewrite_tensors(sidecar, lambda t: t["net.0.weight"].fill_(float("nan")))
+    with pytest.raises(CheckpointError, match="non-finite weights.*'net.0.weight'"):
+        meta_rl.load(run)
+
+
+def test_a_few_shot_run_is_pointed_at_its_evaluation(tmp_path, capsys):
+    from meta_rl.fewshot.metric import ProtoNetConfig
+    from meta_rl.runs import Run
+
+    Run.create(tmp_path / "fs", "protonet-glyphs", ProtoNetConfig(device="cpu")).close()
+    with pytest.raises(RunError, match="supervised few-shot run.*final.json.*fewshot_results"):
+        meta_rl.load(tmp_path / "fs")
+    assert main(["evaluate", str(tmp_path / "fs")]) == 2
+    err = capsys.readouterr().err
+    assert "few-shot run" in err and "final.json" in err and len(err.splitlines()) == 1
 
 
 def test_missing_config_newer_format_and_no_checkpoint(grad_run, tmp_path):

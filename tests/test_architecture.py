@@ -129,9 +129,14 @@ def test_core_is_a_leaf():
     assert {m: t for m, t in bad.items() if t} == {}
 
 
-def test_collectives_import_nothing_from_the_package():
-    assert "meta_rl.collectives" in MODULES
-    assert GRAPH["meta_rl.collectives"] == set()
+@pytest.mark.parametrize("module", ["meta_rl.collectives", "meta_rl.runlock", "meta_rl._version"])
+def test_leaf_modules_import_nothing_from_the_package(module):
+    assert module in MODULES
+    assert GRAPH[module] == set()
+
+
+def test_launch_never_imports_the_cli():
+    assert "meta_rl.cli" not in GRAPH["meta_rl.launch"]
 
 
 def test_files_and_functions_stay_small():

@@ -202,3 +202,149 @@ def test_evaluate_command_prints_json_and_writes_report(capsys, tmp_path):
     assert (run / "evaluation-test" / "adaptation.png").exists()
     code, out, _ = run_cli(capsys, "presets")
     assert "smoke-pointnav" in out
+
+
+# --------------------------------------------------------------------------------------------
+# User mistakes and machine troubles: one line saying what happened and what to do
+# --------------------------------------------------------------------------------------------
+def one_line(err: str) -> bool:
+    return err.startswith("meta-rl: error: ") and len(err.strip().splitlines()) == 1
+
+
+def test_resume_errors_from_the_trainer_are_one_line(capsys, tmp_path):
+    """cmd_train set `fresh` only for new runs: any user error under --resume (here an unknown
+    env id in config.json) ended in UnboundLocalError."""
+    from meta_rl.presets import get_preset
+    from meta_rl.runs import Run
+
+    out_dir = tmp_path / "run"
+    config = get_preset("smoke-pointnav").make_config({"env_id": "MetaRL/Nope-v0"}, ["device=cpu"])
+    Run.create(out_dir, "smoke-pointnav", config).close()
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "-q", "train", "--resume", "--out", str(out_dir))
+    assert code == 2 and one_line(err) and "unknown family id 'MetaRL/Nope-v0'" in err, err
+    assert (out_dir / "config.json").exists()  # a resumed run is never removed
+
+
+@pytest.mark.parametrize("command", [["evaluate", "RUN"], ["rollout"]])
+def test_bad_device_is_one_line(capsys, tmp_path, command):
+    argv = [str(tmp_path) if a == "RUN" else a for a in command]
+    code, out, err = run_cli(capsys, *argv, "--device", "gpu")
+    assert code == 2 and one_line(err) and "--device=gpu is not a device" in err, err
+    assert "auto, cpu, cuda" in err and out == ""
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_says_so_before_creating_anything(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    code, out, err = run_cli(
+        capsys, "train", "oracle-pointnav", "--set", "device=cuda", "--out", str(out_dir)
+    )
+    assert code == 2 and one_line(err) and "new run" not in err + out and "run folder" not in err
+    assert "CUDA is not available" in err and "device=cpu" in err and "device=auto" in err
+    assert not out_dir.exists()
+    for command in (["evaluate", str(tmp_path)], ["rollout"]):
+        code, _, err = run_cli(capsys, *command, "--device", "cuda")
+        assert code == 2 and one_line(err) and "--device=cpu" in err
+
+
+def test_evaluate_and_resume_of_what_is_not_there(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path / "nonexistent"))
+    assert code == 2 and one_line(err) and "nonexistent' does not exist" in err
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", str(tmp_path / "nope"))
+    assert code == 2 and one_line(err) and "nothing to resume: " in err and "does not exist" in err
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli(capsys, "train", "--resume", "--out", str(tmp_path / "empty"))
+    assert code == 2 and one_line(err) and "nothing to resume" in err and "holds no run" in err
+    # with a preset, --resume starts the run, and says there was nothing to resume
+    code, _, err = run_cli(
+        capsys, "train", "oracle-pointnav", "--resume", "--out", str(tmp_path / "new"), *TINY
+    )
+    assert code == 0 and "nothing to resume in" in err
+
+
+def test_config_json_without_config_is_one_line(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    run_cli(capsys, "-q", "train", "oracle-pointnav", "--out", str(out_dir), *TINY)
+    info = json.loads((out_dir / "config.json").read_text())
+    del info["config"]
+    (out_dir / "config.json").write_text(json.dumps(info))
+    for argv in (["evaluate", str(out_dir)], ["train", "--resume", "--out", str(out_dir)]):
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and one_line(err) and "'config' entry" in err and "KeyError" not in err
+
+
+def test_disk_full_and_read_only_are_one_line_and_keep_the_data(capsys, tmp_path, monkeypatch):
+    import errno
+
+    import meta_rl.checkpoint as ckpt
+    import meta_rl.runs as runs
+
+    real = ckpt.atomic_write
+
+    def full(path, data):
+        if "step_00000006" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(ckpt, "atomic_write", full)
+    out_dir = tmp_path / "run"
+    code, _, err = run_cli(capsys, "-q", "train", "oracle-pointnav", "--out", str(out_dir), *TINY)
+    assert code == 2 and one_line(err) and "No space left on device" in err, err
+    assert "free some disk space" in err and "checkpoint (step 3) is intact" in err
+    assert f"meta-rl train --resume --out {out_dir}" in err
+    monkeypatch.undo()
+    code, out, _ = run_cli(capsys, "-q", "train", "--resume", "--out", str(out_dir))
+    assert code == 0 and [r["step"] for r in read_metrics(out_dir)] == list(range(1, 7))
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system", str(path))
+
+    monkeypatch.setattr(runs, "atomic_write", read_only)
+    code, _, err = run_cli(capsys, "train", "oracle-pointnav", "--out", str(tmp_path / "ro"))
+    assert code == 2 and one_line(err) and "Read-only file system" in err
+    assert "choose a writable --out" in err and not (tmp_path / "ro").exists()
+
+
+def test_divergence_and_overflow_are_one_line(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys,
+        *("-q", "train", "maml-sine", "--out", str(tmp_path / "sine")),
+        *("--set", "device=cpu", "--set", "outer_lr=1e30", "--set", "iterations=5"),
+        *("--set", "baseline=false", "--set", "eval_tasks=10"),
+    )
+    assert code == 2 and one_line(err) and "the loss became NaN/inf" in err, err
+    assert "outer_lr" in err and "no checkpoint had been written yet" in err
+    code, _, err = run_cli(
+        capsys,
+        *("-q", "train", "rl2-bandits", "--out", str(tmp_path / "rl2")),
+        *("--set", "device=cpu", "--set", "lr=1e38", "--set", "iterations=3"),
+        *("--set", "tasks_per_iteration=8", "--set", "hidden_size=16", "--set", "eval_tasks=8"),
+        *("--set", "references=false"),
+    )
+    assert code == 2 and one_line(err) and "lower lr (now 1e+38)" in err, err
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(capsys, tmp_path):
+    out_dir = tmp_path / "run"
+    run_cli(capsys, "-q", "train", "oracle-pointnav", "--out", str(out_dir), *TINY)
+    files = {p: p.read_bytes() for p in out_dir.rglob("*") if p.is_file()}
+    code, out, err = run_cli(capsys, "train", "--resume", "--out", str(out_dir))
+    assert code == 0 and "is finished: it trained 6 of 6 iterations" in err
+    assert set(json.loads(out)["final"]) == {"return", "loss", "eval_return"}
+    assert {p: p.read_bytes() for p in out_dir.rglob("*") if p.is_file()} == files
+
+
+def test_maml_final_json_is_complete_after_a_crash_after_its_last_checkpoint(capsys, tmp_path):
+    """The issue: --resume rewrote final.json with only the evaluation keys (12 -> 2)."""
+    out_dir = tmp_path / "run"
+    tiny = ["device=cpu", "iterations=2", "meta_batch=2", "episodes_per_task=2", "horizon=10"]
+    sets = [a for s in [*tiny, "eval_tasks=2", "checkpoint_every=1"] for a in ("--set", s)]
+    code, out, _ = run_cli(capsys, "-q", "train", "smoke-pointnav", "--out", str(out_dir), *sets)
+    complete = json.loads(out)["final"]
+    (out_dir / "final.json").unlink()  # killed in the final evaluation
+    code, out, _ = run_cli(capsys, "-q", "train", "--resume", "--out", str(out_dir))
+    assert code == 0
+    final = json.loads((out_dir / "final.json").read_text())
+    assert len(complete) > 5 and set(final) == set(complete)
+    assert final["loss"] == complete["loss"] and final["kl"] == complete["kl"]

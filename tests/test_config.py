@@ -322,3 +322,119 @@ def test_num_threads_is_applied_only_when_set():
         torch.set_num_threads(before)
     with pytest.raises(Exception, match="num_threads"):
         BaseConfig(num_threads=-1)
+
+
+# ------------------------------------------------------- checkpoints hold only what they may
+def rewrite_tensors(sidecar, change):
+    """Rewrite a checkpoint's tensors file with ``change(tensors)`` and a matching sidecar
+    (a checkpoint that is well formed but holds what its writer never should have)."""
+    import hashlib
+
+    import safetensors.torch
+
+    meta = json.loads(sidecar.read_text())
+    tfile = sidecar.parent / meta["tensors_file"]
+    tensors = safetensors.torch.load(tfile.read_bytes())
+    change(tensors)
+    blob = safetensors.torch.save(tensors)
+    tfile.write_bytes(blob)
+    meta.update(tensors_bytes=len(blob), tensors_sha256=hashlib.sha256(blob).hexdigest())
+    meta["tensor_names"] = sorted(k for k in tensors if not k.startswith("state/"))
+    sidecar.write_text(json.dumps(meta))
+
+
+def test_save_refuses_non_finite_tensors_and_keeps_the_last_finite_checkpoint(tmp_path):
+    w = torch.tensor([1.0, float("nan"), 2.0])
+    with pytest.raises(CheckpointError, match="NaN or inf in tensor 'w'.*there is none before"):
+        save_checkpoint(tmp_path, 1, {"w": w}, keep=1)  # diverged before any checkpoint
+    save_checkpoint(tmp_path, 1, {"w": torch.ones(3)}, keep=1)
+    with pytest.raises(CheckpointError, match="step 2 not written: NaN or inf in tensor 'w'"):
+        save_checkpoint(tmp_path, 2, {"w": w}, keep=1)
+    m = torch.tensor([float("inf")])
+    with pytest.raises(CheckpointError, match="NaN or inf in tensor 'state/adam/m'"):
+        save_checkpoint(tmp_path, 2, {"w": torch.ones(3)}, {"adam": {"m": m}}, keep=1)
+    big = torch.full((4,), 3e38)  # finite elements whose sum overflows: still saved
+    assert ckpt.non_finite({"big": big, "n": torch.arange(3)}) == []
+    # nothing of step 2 on disk, and keep=1 did not prune the last finite checkpoint
+    assert [s for s, _ in list_checkpoints(tmp_path)] == [1]
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+    assert load_checkpoint(tmp_path).tensors["w"].tolist() == [1.0] * 3
+
+
+def test_load_refuses_non_finite_weights(tmp_path):
+    path = save_checkpoint(tmp_path, 3, {"w": torch.ones(4), "n": torch.arange(3)})
+    rewrite_tensors(path, lambda t: t["w"].__setitem__(2, float("inf")))
+    with pytest.raises(CheckpointError, match="step_00000003.json.*non-finite weights.*'w'"):
+        load_checkpoint(path)
+    assert load_checkpoint(path, allow_non_finite=True).tensors["w"][2] == float("inf")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"step": -5}, r"step = -5 is not a non-negative integer"),
+        ({"step": 10}, r"step = 10 does not match its file name step_00000040.json"),
+        ({"step": "forty"}, r"step = 'forty' is not a non-negative integer"),
+        ({"step": True}, r"step = True is not a non-negative integer"),
+        ({"tensors_file": "../outside.safetensors"}, r"tensors_file = '../outside.*own folder"),
+        ({"tensors_file": "/etc/passwd"}, r"tensors_file = '/etc/passwd' is not a .safetensors"),
+        ({"tensors_bytes": "12"}, r"tensors_bytes = '12' is not a byte count"),
+        ({"state": [1, 2]}, r"state = \[1, 2\] is not a mapping"),
+        ({"tensor_names": ["w", "extra"]}, r"lists tensors \['extra', 'w'\] but its tensors"),
+    ],
+)
+def test_load_checks_every_sidecar_field(tmp_path, change, message):
+    folder = tmp_path / "checkpoints"
+    path = save_checkpoint(folder, 40, {"w": torch.ones(2)}, {"note": "x"})
+    meta = json.loads(path.read_text())
+    # a tensors file outside the folder that would pass the size and hash checks
+    (tmp_path / "outside.safetensors").write_bytes((folder / meta["tensors_file"]).read_bytes())
+    path.write_text(json.dumps({**meta, **change}))
+    with pytest.raises(CheckpointError, match=message):
+        load_checkpoint(path)
+
+
+def test_tensors_file_may_not_link_outside_its_folder(tmp_path):
+    folder = tmp_path / "checkpoints"
+    path = save_checkpoint(folder, 1, {"w": torch.ones(2)})
+    meta = json.loads(path.read_text())
+    real = folder / meta["tensors_file"]
+    outside = tmp_path / "elsewhere.safetensors"
+    real.rename(outside)
+    real.symlink_to(outside)
+    with pytest.raises(CheckpointError, match="links outside the checkpoint's folder"):
+        load_checkpoint(path)
+
+
+def test_a_damaged_generator_state_is_a_checkpoint_error():
+    with pytest.raises(CheckpointError, match="saved torch generator state is damaged"):
+        set_rng_state(torch.Generator(), {"kind": "torch", "state": "not base64!"})
+    with pytest.raises(CheckpointError, match="saved numpy generator state is damaged"):
+        set_rng_state(np.random.default_rng(), {"kind": "numpy"})
+
+
+def test_config_classes_come_from_a_closed_registry():
+    from meta_rl.config import config_class, register_config
+    from meta_rl.rl.maml import MAMLConfig
+    from meta_rl.rl.oracle import OracleNavConfig
+
+    assert config_class("meta_rl.rl.maml:MAMLConfig") is MAMLConfig
+    assert config_class("MAMLConfig") is MAMLConfig
+    # an older run folder naming a class of ours in a module it has moved from
+    assert config_class("meta_rl.presets:OracleNavConfig") is OracleNavConfig
+    with pytest.raises(ConfigError, match="'evil_cfg:Cfg' is not one of meta-rl's config"):
+        config_class("evil_cfg:Cfg")
+    with pytest.raises(ConfigError, match="'evil_cfg:MAMLConfig' is not one of meta-rl's"):
+        config_class("evil_cfg:MAMLConfig")  # our name in someone else's module: not ours
+    with pytest.raises(ConfigError, match="not one of"):
+        config_class("test_config:ToyConfig")  # a class outside meta_rl, never registered
+    assert register_config(ToyConfig) is ToyConfig
+    assert config_class(f"{ToyConfig.__module__}:ToyConfig") is ToyConfig
+
+    @dataclass
+    class MAMLConfig(BaseConfig):  # a user's class named like ours
+        pass
+
+    MAMLConfig.__qualname__ = "MAMLConfig"  # as if defined at the top of the user's module
+    with pytest.raises(ConfigError, match="would shadow meta-rl's meta_rl.rl.maml.MAMLConfig"):
+        register_config(MAMLConfig)

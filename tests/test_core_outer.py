@@ -6,7 +6,7 @@ from torch import nn
 from torch.func import functional_call
 
 from meta_rl.core import (
-    adaptation_curve,
+    adaptation_scores,
     batched_call,
     get_params,
     init_metasgd_lrs,
@@ -213,7 +213,7 @@ def test_reptile_update_equals_its_definition():
 def test_adaptation_curve_and_shape_checks():
     support, query = tasks(6)
     params = meta_params()
-    curve = adaptation_curve(loss_fn, params, support, query, LR, 2)
+    curve = adaptation_scores(loss_fn, params, support, query, LR, 2)
     assert len(curve) == 3 and curve[0].shape == (T,)
     one = maml_loss(loss_fn, params, support, query, LR, 1)
     torch.testing.assert_close(curve[1], one.task_losses.detach(), rtol=1e-12, atol=1e-12)
@@ -260,8 +260,8 @@ def test_factored_reptile_and_adaptation_curve_match_dense():
     b = reptile_direction(loss_fn, params, support, LR, 3, factored=FACTORED)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-9, atol=1e-12)
-    ca = adaptation_curve(loss_fn, params, support, query, LR, 3)
-    cb = adaptation_curve(loss_fn, params, support, query, LR, 3, factored=FACTORED)
+    ca = adaptation_scores(loss_fn, params, support, query, LR, 3)
+    cb = adaptation_scores(loss_fn, params, support, query, LR, 3, factored=FACTORED)
     for x, y in zip(ca, cb, strict=True):
         torch.testing.assert_close(x, y, rtol=1e-9, atol=1e-12)
     with pytest.raises(ValueError, match="not used"):

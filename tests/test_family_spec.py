@@ -46,12 +46,13 @@ def test_one_mean_ci95_with_one_return_type():
 def test_rl2_and_the_evaluator_report_the_same_references(env_id, env_kwargs, episodes):
     config = RL2Config(env_id=env_id, env_kwargs=env_kwargs, episodes_per_trial=episodes)
     ours = reference_returns(config, 40, 7)
-    theirs = family_references(env_id, env_kwargs, 40, 7, "test", episodes)
-    assert list(ours) == list(theirs) and ours
+    values, skipped = family_references(env_id, env_kwargs, 40, 7, "test", episodes)
+    theirs = {r.name: r for r in values}
+    assert list(ours) == list(theirs) and ours and skipped == {}
     for name, est in ours.items():
-        assert theirs[name]["mean"] == est.mean and theirs[name]["ci95"] == est.ci95
-        assert theirs[name]["per_episode"] == pytest.approx(est.mean / episodes)
-        assert theirs[name]["exact"] == est.exact
+        assert theirs[name].mean == est.mean and theirs[name].ci95 == est.ci95
+        assert theirs[name].per_episode == pytest.approx(est.mean / episodes)
+        assert theirs[name].exact == est.exact
 
 
 def test_the_spec_holds_references_and_trainer_defaults():
@@ -74,8 +75,8 @@ def test_a_user_family_brings_its_own_references():
 
     spec = register_family("MetaRLTest/Pendulum-v0", PendulumFamily, references=refs)
     assert isinstance(spec, FamilySpec) and check_id("MetaRLTest/Pendulum-v0") is spec
-    out = family_references("MetaRLTest/Pendulum-v0", {}, 4, 0, "test", 3)
-    assert out["zero"]["mean"] == -3.0 and out["zero"]["exact"]
+    (zero,), _ = family_references("MetaRLTest/Pendulum-v0", {}, 4, 0, "test", 3)
+    assert zero.name == "zero" and zero.mean == -3.0 and zero.exact
 
 
 def test_many_armed_bandit_skips_the_exact_dp_with_a_reason(caplog):

@@ -70,6 +70,22 @@ def sine(algorithm: str, iterations: int, **kw) -> dict:
     return train(config)
 
 
+def test_shipped_maml_sine_skips_the_baseline_which_logs_its_own_time(caplog):
+    """maml-sine as shipped meta-trains only (the pretrained baseline would add about as long
+    again); asked for, the baseline says how long it took, apart from the meta-training's time
+    (issue 14)."""
+    import logging
+
+    from meta_rl.presets import get_preset
+
+    assert get_preset("maml-sine").make_config().baseline is False
+    with caplog.at_level(logging.INFO, logger="meta_rl"):
+        out = sine("maml", 3, baseline=True, eval_tasks=4)
+    assert out["baseline/seconds"] > 0 and "baseline/loss_step1" in out
+    assert "pretrained baseline (baseline=true): training one network" in caplog.text
+    assert f"pretrained baseline took {out['baseline/seconds']:.1f} s" in caplog.text
+
+
 def test_maml_sinusoid_beats_half_the_pretrained_baseline():
     """10-shot MSE after ONE inner step on held-out tasks: MAML < 0.5 x pretrained baseline
     (the same net trained jointly on the same tasks, adapted with the same step)."""

@@ -19,7 +19,7 @@ from meta_rl.fewshot.metric import (
     ProtoNet,
     SiameseNet,
     contrastive_loss,
-    evaluate,
+    evaluate_accuracy,
     prototypes,
     verification_accuracy,
 )
@@ -156,7 +156,7 @@ def test_protonet_learns_held_out_classes(blobs):
     with seeded(0):
         model = ProtoNet(1, 16, 16)
     test = EpisodeSampler(blobs["test"], 5, 1, 5, seed=7)
-    before = evaluate(model, test, episodes=100)["accuracy"]
+    before = evaluate_accuracy(model, test, episodes=100)["accuracy"]
     train = EpisodeSampler(blobs["train"], 5, 1, 5, seed=1)
     _fit(
         model,
@@ -164,7 +164,7 @@ def test_protonet_learns_held_out_classes(blobs):
         60,
         lambda xs, ys, xq, yq: F.cross_entropy(model(xs, ys, xq, 5).flatten(0, 1), yq.flatten()),
     )
-    after = evaluate(model, EpisodeSampler(blobs["test"], 5, 1, 5, seed=7), episodes=100)
+    after = evaluate_accuracy(model, EpisodeSampler(blobs["test"], 5, 1, 5, seed=7), episodes=100)
     assert after["accuracy"] > 0.6, (before, after)  # 0.74 here; untrained 0.33, chance 0.2
     assert after["accuracy"] > before + 0.25, (before, after)
     assert 0 < after["ci95"] < 0.06
@@ -185,7 +185,9 @@ def test_siamese_learns_pair_verification(blobs):
     test = EpisodeSampler(blobs["test"], 5, 1, 5, seed=7)
     after = verification_accuracy(model, test, margin=1.0, episodes=50)
     assert after > 0.75 and after > before + 0.2, (before, after)  # 0.83 here; untrained 0.57
-    one_shot = evaluate(model, EpisodeSampler(blobs["test"], 5, 1, 5, seed=7), episodes=100)
+    one_shot = evaluate_accuracy(
+        model, EpisodeSampler(blobs["test"], 5, 1, 5, seed=7), episodes=100
+    )
     assert one_shot["accuracy"] > 0.6, one_shot  # 0.75 here; chance 0.2
 
 
@@ -319,7 +321,7 @@ def test_protonet_trainer_on_held_out_scripts(glyph_root, tmp_path):
     with seeded(config.seed):
         untrained = ProtoNet(1, 32, 20)
     test = EpisodeSampler(splits["test"], 5, 1, 5, seed=3)
-    before = evaluate(untrained, test, episodes=200)["accuracy"]
+    before = evaluate_accuracy(untrained, test, episodes=200)["accuracy"]
     with Run.create(tmp_path / "run", "protonet-glyphs", config) as run:
         final = train_protonet(config, run)
     assert final["test_accuracy"] >= 0.6 and final["test_accuracy"] > before + 0.2, (before, final)

@@ -226,7 +226,7 @@ def train_preset(name: str, overrides: list[str]):
     preset = get_preset(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the passive checker on the hidden goal's bounds
-        return dict(preset.load_trainer()(preset.make_config(overrides=overrides), None))
+        return dict(preset.train(preset.make_config(overrides=overrides), None))
 
 
 @pytest.mark.parametrize("name", ["maml-trpo-ml1-reach", "maml-ppo-ml1-reach"])
@@ -260,7 +260,7 @@ def test_evaluation_reports_success_rate_on_test_goals(tmp_path):
     """``meta_rl.evaluate`` on a MAML run (one meta-iteration) on ML1 reach reports Meta-World's
     success rate at every adaptation step, per task (a barely trained policy reaches no goal; the
     scripted policy above shows the same measurement reads 1.0 when the goal is reached)."""
-    from meta_rl.evaluate import evaluate
+    from meta_rl.evaluate import evaluate_run
     from meta_rl.presets import get_preset
     from meta_rl.runs import Run
 
@@ -269,13 +269,13 @@ def test_evaluation_reports_success_rate_on_test_goals(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with Run.create(tmp_path / "run", preset.name, config) as run:
-            preset.load_trainer()(run.config, run)
-        report = evaluate(
+            preset.train(run.config, run)
+        report = evaluate_run(
             tmp_path / "run", split="test", tasks=2, budget=1, baselines=("none",), episodes=1
         )
-    points = report["series"][0]["points"]
+    points = report.adapted.points
     assert len(points) == 2  # after 0 and 1 inner steps
     for point in points:
-        assert len(point["success_per_task"]) == 2
-        assert point["success_rate"] == np.mean(point["success_per_task"])
-        assert set(point["success_per_task"]) <= {0.0, 1.0}
+        assert len(point.success_per_task) == 2
+        assert point.success_rate == np.mean(point.success_per_task)
+        assert set(point.success_per_task) <= {0.0, 1.0}

@@ -237,7 +237,7 @@ def train_preset(name: str, overrides: list[str]) -> dict[str, float]:
 
     torch.set_num_threads(1)
     preset = get_preset(name)
-    return dict(preset.load_trainer()(preset.make_config(overrides=overrides), None))
+    return dict(preset.train(preset.make_config(overrides=overrides), None))
 
 
 @pytest.mark.parametrize("name", ["maml-trpo-halfcheetah-vel", "maml-ppo-halfcheetah-vel"])

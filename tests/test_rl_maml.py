@@ -13,25 +13,24 @@ from meta_rl.core import expand_params
 from meta_rl.policies import distributions as D
 from meta_rl.policies import make_mlp_policy
 from meta_rl.presets import get_preset
-from meta_rl.rl import maml, reptile
+from meta_rl.rl import reptile
 from meta_rl.rl.maml import (
     MAMLConfig,
     MetaLearner,
     OuterProblem,
-    SupportCurvature,
     TaskData,
     TrainingDiverged,
+    outer_objective,
     train,
 )
+from meta_rl.rl.maml_fast import PiecewiseFisher, SupportCurvature, WrittenOut
 from meta_rl.rl.rollout import compute_advantages, sample_episodes
 from meta_rl.rl.trpo import (
-    FisherProduct,
-    GaussNewtonKL,
+    KLObjective,
     _conjugate_gradient,
     conjugate_gradient,
     gauss_newton_fvp,
     hessian_fvp,
-    loss_and_grad,
     trpo_step,
 )
 from meta_rl.runs import Run
@@ -79,9 +78,9 @@ def _problem(algorithm, env_id="MetaRL/PointNav-v0"):
         ep = sample_episodes(env, policy, params, gen, seed=seed)
         return TaskData.from_episodes(ep, compute_advantages(ep))
 
-    theta, lr = learner.split({k: v.detach() for k, v in learner.outer_params().items()})
+    theta, lr = learner.detached()
     support = data(expand_params(theta, 3), 0)
-    adapted = learner.adapt(learner.outer_params(), [support], 3, first_order=True)
+    adapted = learner.adapt(learner.theta, learner.lr, [support], 3, first_order=True)
     adapted = {k: v.detach() for k, v in adapted.items()}
     query = data(adapted, 1)
     return learner, OuterProblem(learner, [support], query, adapted), support, query
@@ -90,7 +89,7 @@ def _problem(algorithm, env_id="MetaRL/PointNav-v0"):
 def _loop_objective(learner, support, query, first_order):
     """Task by task: functional_call on [M, obs], autograd.grad inner step."""
     policy, space = learner.policy, learner.policy.action_space
-    theta, lr = learner.split(learner.outer_params())
+    theta, lr = learner.theta, learner.lr
     losses, kls = [], []
     for t in range(query.obs.shape[0]):
 
@@ -116,25 +115,27 @@ def _loop_objective(learner, support, query, first_order):
 def test_batched_meta_gradient_equals_a_per_task_loop(algorithm):
     learner, problem, support, query = _problem(algorithm)
     outer = learner.outer_params()
-    leaves = list(outer.values())
-    loss, flat_grad, kl = loss_and_grad(leaves, problem.trpo_objective, outer)
+    leaves = learner.leaves()
+    assert leaves == list(outer.values())  # checkpoint names, in the order of the leaves
+    objective = outer_objective(learner)(problem)  # the one training uses
+    model = objective.local_model()
+    loss, flat_grad = model.loss, model.grad
     sizes = [v.numel() for v in leaves]
     ours = [g.view_as(v) for g, v in zip(flat_grad.split(sizes), leaves, strict=True)]
     ref_loss, ref_kl = _loop_objective(learner, support, query, algorithm == "fomaml")
     ref = torch.autograd.grad(ref_loss, leaves)
     torch.testing.assert_close(loss, ref_loss.detach(), atol=1e-5, rtol=1e-4)
-    # the default metric form: J^T M J as a product (scalar lr) or its Gauss-Newton factors
-    assert isinstance(kl, GaussNewtonKL if algorithm == "metasgd" else FisherProduct)
-    # at the sampling params: zero up to float32 rounding (the written-out inner step rounds
-    # differently from the sampled one; the KL's terms cancel to ~1e-8 then)
-    assert kl.kl < 1e-6 and ref_kl.item() < 1e-8
+    # the default form: Meta-SGD the plain objective (J^T M J in Gauss-Newton factors), a
+    # scalar lr the written-out one (J^T M J as a product)
+    assert type(objective) is (OuterProblem if algorithm == "metasgd" else WrittenOut)
+    # at the sampling params: zero up to float32 rounding
+    assert objective.loss_and_kl()[1].item() < 1e-6 and ref_kl.item() < 1e-8
     for name, a, b in zip(outer, ours, ref, strict=True):
         assert a.abs().sum() > 0, name
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-3, msg=name)
     if algorithm == "maml":  # the second-order terms are really there
         fo_learner, fo_problem, _, _ = _problem("fomaml")
-        fo_leaves = list(fo_learner.outer_params().values())
-        _, fo, _ = loss_and_grad(fo_leaves, fo_problem.trpo_objective, fo_learner.outer_params())
+        fo = outer_objective(fo_learner)(fo_problem).local_model().grad
         assert not torch.allclose(fo, flat_grad, atol=1e-6)
 
 
@@ -149,7 +150,7 @@ def _problem64(algorithm, env_id="MetaRL/PointNav-v0", **overrides):
         return TaskData(*(x.double() for x in (d.obs, d.actions, d.logp, d.advantages, d.mask)))
 
     support, query = cast(support), cast(query)
-    adapted = learner.adapt(learner.outer_params(), [support], 3, first_order=True)
+    adapted = learner.adapt(learner.theta, learner.lr, [support], 3, first_order=True)
     adapted = {k: v.detach() for k, v in adapted.items()}
     return learner, OuterProblem(learner, [support], query, adapted)
 
@@ -169,34 +170,29 @@ def test_gauss_newton_fisher_product_equals_the_double_backward_one(algorithm, o
     """J^T M J v equals the KL's Hessian-vector product (through the inner update) at the
     sampling params: the Gauss-Newton form is the same matrix, not an approximation."""
     learner, problem = _problem64(algorithm, **overrides)
-    outer = learner.outer_params()
-    leaves = list(outer.values())
+    leaves = learner.leaves()
     n = sum(v.numel() for v in leaves)
-    assert problem.fisher_kl(outer).item() < 1e-12  # the KL's minimum
-    old = hessian_fvp(problem.fisher_kl(outer), leaves, damping=0.0)
-    new = gauss_newton_fvp(problem.fisher_gauss_newton(outer), leaves, damping=0.0)
+    assert problem.fisher_kl().item() < 1e-12  # the KL's minimum
+    old = hessian_fvp(problem.fisher_kl(), leaves)
+    new = gauss_newton_fvp(*problem.fisher_gauss_newton(), leaves)
     gen = torch.Generator().manual_seed(3)
     for _ in range(3):
         v = torch.randn(n, generator=gen, dtype=torch.float64)
         ref = old(v)
         assert ref.norm() > 1e-6
         torch.testing.assert_close(new(v), ref, atol=1e-10, rtol=1e-8)
-    # and through trpo_step's objective: the default returns the same matrix as a product
-    # (scalar inner lr: two support Hessian-vector products per inner step) or in Gauss-Newton
-    # factors (Meta-SGD)
-    _, metric = problem.trpo_objective(outer, True)
-    if algorithm == "metasgd":
-        assert isinstance(metric, GaussNewtonKL)
-        torch.testing.assert_close(
-            gauss_newton_fvp(metric, leaves, 0.0)(v), ref, atol=1e-10, rtol=1e-8
-        )
-    else:
-        assert isinstance(metric, FisherProduct)
-        torch.testing.assert_close(metric.matvec(v), ref, atol=1e-10, rtol=1e-8)
-    learner.config.fisher_product = "hessian"  # the double-backward form, through trpo_step's
-    _, kl = problem.trpo_objective(outer, True)  # objective too
-    assert not isinstance(kl, GaussNewtonKL)
-    torch.testing.assert_close(hessian_fvp(kl, leaves, 0.0)(v), ref, atol=1e-10, rtol=1e-8)
+    # and through the objective trpo_step gets: the plain one in Gauss-Newton factors, the
+    # drop-ins as a product (scalar inner lr: two support Hessian-vector products per inner
+    # step, by autograd or written out)
+    objectives = [problem] if algorithm == "metasgd" else [problem, PiecewiseFisher(problem)]
+    if algorithm != "metasgd" and learner.policy.continuous:
+        objectives.append(WrittenOut(problem))
+    for objective in objectives:
+        fvp = objective.local_model().fvp
+        torch.testing.assert_close(fvp(v), ref, atol=1e-10, rtol=1e-8, msg=type(objective))
+    learner.config.fisher_product = "hessian"  # the double-backward form, the plain objective
+    assert outer_objective(learner)(problem) is problem
+    torch.testing.assert_close(problem.local_model().fvp(v), ref, atol=1e-10, rtol=1e-8)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
@@ -253,27 +249,23 @@ def test_support_curvature_equals_autograd(activation):
         ("fomaml", {}),
     ],
 )
-def test_written_out_trpo_objective_equals_the_autograd_one(algorithm, overrides, monkeypatch):
+def test_written_out_trpo_objective_equals_the_autograd_one(algorithm, overrides):
     """For a Gaussian MLP with a scalar inner lr the second-order TRPO objective (loss,
-    meta-gradient, Fisher products) is computed by SupportCurvature: the same numbers as
-    autograd through the inner update (float64), at and away from the sampling params."""
+    meta-gradient, Fisher products) is computed by SupportCurvature (maml_fast.WrittenOut,
+    what training picks): the same numbers as autograd through the inner update
+    (maml_fast.PiecewiseFisher; float64), at and away from the sampling params."""
     learner, problem = _problem64(algorithm, **overrides)
-    outer = learner.outer_params()
-    leaves = list(outer.values())
+    assert outer_objective(learner) is WrittenOut
+    leaves = learner.leaves()
     v = torch.randn(sum(x.numel() for x in leaves), generator=torch.Generator().manual_seed(5))
     v = v.double()
 
     def both():
         out = []
-        for analytic in (True, False):
-            if not analytic:
-                monkeypatch.setattr(SupportCurvature, "applies", staticmethod(lambda p: False))
-            assert problem.analytic is analytic
-            loss, grad, metric = loss_and_grad(leaves, problem.trpo_objective, outer)
-            assert isinstance(metric, maml.FisherProduct)
-            value, kl = problem.trpo_objective(outer, False)
-            out.append((loss, grad, metric.matvec(v), value, kl))
-            monkeypatch.undo()
+        for objective in (WrittenOut(problem), PiecewiseFisher(problem)):
+            model = objective.local_model()
+            value, kl = objective.loss_and_kl()
+            out.append((model.loss, model.grad, model.fvp(v), value, kl))
         return out
 
     for _ in range(2):  # at the sampling params, then after a perturbation
@@ -290,31 +282,31 @@ def test_written_out_trpo_objective_equals_the_autograd_one(algorithm, overrides
 def test_fisher_product_through_two_inner_steps_equals_the_double_backward_one():
     """Two inner steps: F v = A_1 A_2 J_q^T M J_q A_2 A_1 v, the KL's Hessian (float64)."""
     learner, problem = _problem64("maml", fisher_subsample=2, fisher_tasks=2)
-    outer = learner.outer_params()
     supports = [problem.supports[0], problem.supports[0]]  # two steps (on the same episodes)
-    sampled = learner.adapt(outer, supports, 3, first_order=True)
+    sampled = learner.adapt(learner.theta, learner.lr, supports, 3, first_order=True)
     problem = OuterProblem(
         learner, supports, problem.query, {k: v.detach() for k, v in sampled.items()}
     )
-    leaves = list(outer.values())
-    assert problem.fisher_kl(outer).item() < 1e-12
-    old = hessian_fvp(problem.fisher_kl(outer), leaves, damping=0.0)
-    new = problem.fisher_product(outer).matvec
-    one_step = _problem64("maml", fisher_subsample=2, fisher_tasks=2)[1].fisher_product(outer)
+    leaves = learner.leaves()
+    assert problem.fisher_kl().item() < 1e-12
+    old = hessian_fvp(problem.fisher_kl(), leaves)
+    new = PiecewiseFisher(problem).local_model().fvp
+    one_step = PiecewiseFisher(_problem64("maml", fisher_subsample=2, fisher_tasks=2)[1])
+    one_step = one_step.local_model().fvp
     v = torch.randn(sum(x.numel() for x in leaves), generator=torch.Generator().manual_seed(4))
     v = v.double()
     ref = old(v)
     torch.testing.assert_close(new(v), ref, atol=1e-10, rtol=1e-8)
-    assert not torch.allclose(one_step.matvec(v), ref, atol=1e-6)  # the second step counts
+    assert not torch.allclose(one_step(v), ref, atol=1e-6)  # the second step counts
     # the written-out objective through both steps: loss, meta-gradient and Fisher products
-    assert problem.analytic
-    loss, grad, metric = loss_and_grad(leaves, problem.trpo_objective, outer)
-    learner.config.fisher_product = "hessian"  # the autograd objective, double backward metric
-    ref_loss, ref_kl = problem.trpo_objective(outer, True)
-    ref_grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(ref_loss, leaves)])
-    torch.testing.assert_close(loss, ref_loss.detach(), atol=1e-12, rtol=1e-10)
-    torch.testing.assert_close(grad, ref_grad, atol=1e-12, rtol=1e-9)
-    torch.testing.assert_close(metric.matvec(v), ref, atol=1e-10, rtol=1e-8)
+    assert outer_objective(learner) is WrittenOut
+    model = WrittenOut(problem).local_model()
+    learner.config.fisher_product = "hessian"  # the plain objective, double backward metric
+    plain = problem.local_model()
+    torch.testing.assert_close(model.loss, plain.loss, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(model.grad, plain.grad, atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(model.fvp(v), ref, atol=1e-10, rtol=1e-8)
+    torch.testing.assert_close(plain.fvp(v), ref, atol=1e-10, rtol=1e-8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -341,13 +333,14 @@ def test_trpo_step_improves_within_the_trust_region():
     log_std = torch.zeros(2)
     old_logp = D.log_prob(D_BOX, torch.zeros(2), log_std, actions)
 
-    def objective(p, second_order):
-        logp = D.log_prob(D_BOX, p["mean"].expand(200, 2), log_std, actions)
+    def objective(second_order):
+        logp = D.log_prob(D_BOX, params["mean"].expand(200, 2), log_std, actions)
         loss = -(torch.exp(logp - old_logp) * adv).mean()
-        kl = D.kl(D_BOX, torch.zeros(2), log_std, p["mean"], log_std)
+        kl = D.kl(D_BOX, torch.zeros(2), log_std, params["mean"], log_std)
         return loss, kl
 
-    info = trpo_step(params, objective, max_kl=0.01)
+    leaves = list(params.values())
+    info = trpo_step(leaves, KLObjective(objective, leaves), max_kl=0.01)
     assert info.step_fraction > 0 and info.loss_after < info.loss_before
     assert 0 < info.kl <= 0.01
     m = params["mean"].detach()
@@ -449,7 +442,7 @@ def test_presets_build():
     ]:
         preset = get_preset(name)
         config = preset.make_config(overrides=["iterations=1"])
-        assert callable(preset.load_trainer()) and config.iterations == 1
+        assert callable(preset.train) and preset.data_parallel and config.iterations == 1
     assert get_preset("maml-trpo-cartpole").make_config().eval_split == "ood"
 
 

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
@@ -31,7 +32,8 @@ SMALL = dict(
 
 def test_create_log_growing_columns_and_describe(tmp_path):
     config = OracleNavConfig(**SMALL)
-    with Run.create(tmp_path / "run", "oracle-pointnav", config) as run:
+    trainer = get_preset("oracle-pointnav").trainer
+    with Run.create(tmp_path / "run", "oracle-pointnav", config, trainer=trainer) as run:
         run.log(1, {"loss": 1.0})
         run.log(2, {"loss": torch.tensor(0.5), "eval_return": -3.0})  # a new column appears
         run.log(3, {"loss": 0.25})
@@ -150,14 +152,12 @@ def test_resume_allows_only_schedule_changes(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["iterations"] == 20
 
 
-def test_preset_table_is_lazy_and_errors_are_clear():
+def test_preset_table_holds_trainers_and_errors_are_clear():
     with pytest.raises(PresetError, match="unknown preset 'mam-sine'; did you mean 'maml-sine'"):
         get_preset("mam-sine")
-    broken = get_preset("maml-sine").__class__(
-        "broken", "meta_rl.no_such_module:train", "meta_rl.no_such_module:Config"
-    )
-    with pytest.raises(PresetError, match="preset 'broken' cannot be used.*no_such_module"):
-        broken.load_trainer()
+    broken = replace(get_preset("oracle-pointnav"), name="broken", overrides={"lr": -1.0})
+    with pytest.raises(PresetError, match="preset 'broken' does not fit .*OracleNavConfig.*lr"):
+        broken.make_config()
     p = get_preset("oracle-pointnav")
     assert p.make_config({"lr": 0.5}, ["seed=4"]) == OracleNavConfig(lr=0.5, seed=4)
 
@@ -231,3 +231,157 @@ def test_oracle_trainer_learns(tmp_path, one_thread):
     first = rows[0]["return"]
     assert final["eval_return"] > -3.0, final
     assert first < -10.0, first  # the untrained policy is far worse
+
+
+# --------------------------------------------------------------------------------------------
+# A run folder is data: nothing it names is imported, everything it holds is checked
+# --------------------------------------------------------------------------------------------
+EVIL = """
+from pathlib import Path
+Path(__file__).with_name("PWNED").write_text("evil_cfg ran")
+from meta_rl.rl.oracle import OracleNavConfig as Cfg
+"""
+
+
+def _evil_folder(tmp_path, config_class="evil_cfg:Cfg"):
+    folder = tmp_path / "downloaded"
+    Run.create(folder, "oracle-pointnav", OracleNavConfig(**SMALL)).close()
+    (folder / "evil_cfg.py").write_text(EVIL)
+    info = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**info, "config_class": config_class}))
+    return folder
+
+
+@pytest.mark.parametrize("config_class", ["evil_cfg:Cfg", "evil_cfg:OracleNavConfig"])
+def test_loading_a_run_never_imports_code_it_names(tmp_path, monkeypatch, config_class):
+    import subprocess
+
+    folder = _evil_folder(tmp_path, config_class)
+    monkeypatch.chdir(folder)
+    monkeypatch.syspath_prepend(str(folder))
+    with pytest.raises(RunError, match=f"'{config_class}' is not one of meta-rl's config"):
+        load_config(".")
+    with pytest.raises(RunError, match="is not one of meta-rl's config classes"):
+        Run.resume(".")
+    assert "evil_cfg" not in sys.modules and not (folder / "PWNED").exists()
+    # the issue's commands, in the folder itself (where `import evil_cfg` would find it)
+    for code in [
+        "import meta_rl; meta_rl.load('.')",
+        "from meta_rl.cli import main; raise SystemExit(main())",
+    ]:
+        argv = ["evaluate", "."] if "main" in code else []
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *argv], cwd=folder, capture_output=True, text=True
+        )
+        assert proc.returncode != 0 and "is not one of meta-rl's config classes" in proc.stderr
+        assert not (folder / "PWNED").exists(), code
+
+
+def test_config_json_without_its_entries_is_a_clear_error(tmp_path):
+    folder = tmp_path / "run"
+    Run.create(folder, "oracle-pointnav", OracleNavConfig(**SMALL)).close()
+    info = json.loads((folder / "config.json").read_text())
+    for key in ("config", "config_class", "preset"):
+        (folder / "config.json").write_text(json.dumps({k: v for k, v in info.items() if k != key}))
+        with pytest.raises(RunError, match=f"config.json' is damaged: its '{key}' entry"):
+            load_config(folder)
+
+
+def test_data_root_of_a_loaded_run_is_not_used(tmp_path, monkeypatch):
+    from meta_rl.fewshot.metric import ProtoNetConfig
+
+    folder = tmp_path / "run"
+    config = ProtoNetConfig(device="cpu", data_root=str(tmp_path / "theirs"))
+    Run.create(folder, "protonet-glyphs", config).close()
+    assert load_config(folder).data_root is None  # the folder does not choose it
+    with Run.resume(folder) as run:
+        assert run.config.data_root is None
+    with Run.resume(folder, [f"data_root={tmp_path / 'mine'}"]) as run:  # the user's own
+        assert run.config.data_root == str(tmp_path / "mine")
+
+
+def _tamper(sidecar, **changes):
+    meta = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**meta, **changes}))
+
+
+def _run_with_checkpoints(tmp_path):
+    with Run.create(tmp_path / "run", "oracle-pointnav", OracleNavConfig(**SMALL)) as run:
+        for step in range(1, 10):
+            run.log(step, {"x": float(step)})
+            if step % 4 == 0:
+                newest = run.save(step, {"w": torch.full((2,), float(step))}, {"n": step})
+    return run.path, newest
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"step": -5}, "step = -5 is not a non-negative integer"),
+        ({"step": 4}, "step = 4 does not match its file name step_00000008.json"),
+        ({"step": "eight"}, "step = 'eight' is not a non-negative integer"),
+        ({"tensors_file": "../../config.json"}, "tensors_file = '../../config.json' is not"),
+        ({"state": None}, "state = None is not a mapping"),
+    ],
+)
+def test_resume_checks_the_checkpoint_before_touching_anything(tmp_path, changes, message):
+    path, newest = _run_with_checkpoints(tmp_path)
+    _tamper(newest, **changes)
+    before = {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()}
+    with pytest.raises(CheckpointError, match=f"{message}.*delete step_00000008.json"):
+        Run.resume(path, ["iterations=20"])
+    assert {p.name: p.read_bytes() for p in path.iterdir() if p.is_file()} == before
+    newest.unlink()
+    with Run.resume(path) as run:  # the previous checkpoint, as the message says
+        assert run.start_step == 4 and [r["step"] for r in read_metrics(path)] == [1, 2, 3, 4]
+
+
+def test_resume_refuses_non_finite_weights(tmp_path):
+    from tests.test_config import rewrite_tensors
+
+    path, newest = _run_with_checkpoints(tmp_path)
+    rewrite_tensors(newest, lambda t: t["w"].fill_(float("nan")))
+    rows = (path / "metrics.csv").read_text()
+    with pytest.raises(CheckpointError, match="non-finite weights.*delete step_00000008.json"):
+        Run.resume(path)
+    assert (path / "metrics.csv").read_text() == rows
+
+
+def test_torn_last_metrics_row_is_dropped_on_resume(tmp_path):
+    path, _ = _run_with_checkpoints(tmp_path)
+    with Run.resume(path) as run:  # back to step 8
+        assert run.start_step == 8
+    with (path / "metrics.csv").open("a") as f:
+        f.write("1")  # killed after the first byte of the row of step 10 (or 11, 12...)
+    with Run.resume(path) as run:
+        run.log(9, {"x": 90.0})
+    assert [r["step"] for r in read_metrics(path)] == list(range(1, 10))  # no second step 1
+    assert read_metrics(path)[-1]["x"] == 90.0
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    from meta_rl.runs import RunFinished
+
+    config = OracleNavConfig(**{**SMALL, "iterations": 4})
+    with Run.create(tmp_path / "run", "oracle-pointnav", config) as run:
+        run.finish(train_oracle_pointnav(config, run))
+    files = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    with pytest.raises(RunFinished, match="is finished: it trained 4 of 4 iterations") as done:
+        Run.resume(tmp_path / "run")
+    assert set(done.value.final) == {"return", "loss", "eval_return"}
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == files
+    with Run.resume(tmp_path / "run", ["iterations=8"]) as run:  # more iterations: not finished
+        assert run.start_step == 4
+
+
+def test_final_json_is_complete_after_a_crash_after_the_last_checkpoint(tmp_path):
+    config = OracleNavConfig(**{**SMALL, "iterations": 4})
+    with Run.create(tmp_path / "run", "oracle-pointnav", config) as run:
+        complete = run.finish(train_oracle_pointnav(config, run))
+    (tmp_path / "run" / "final.json").unlink()  # killed before final.json was written
+    with Run.resume(tmp_path / "run") as run:
+        assert run.start_step == 4
+        final = run.finish(train_oracle_pointnav(run.config, run))
+    assert set(final) == set(complete) == {"return", "loss", "eval_return"}
+    assert final["return"] == complete["return"] and final["loss"] == complete["loss"]
+    assert json.loads((tmp_path / "run" / "final.json").read_text()) == final

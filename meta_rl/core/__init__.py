@@ -22,7 +22,7 @@ from meta_rl.core.inner import LearningRate, LossFn, inner_update, sgd_step
 from meta_rl.core.outer import (
     METASGD_PREFIX,
     MetaLoss,
-    adaptation_curve,
+    adaptation_scores,
     init_metasgd_lrs,
     maml_loss,
     maml_loss_vmapped,
@@ -52,7 +52,7 @@ __all__ = [
     "inner_update",
     "sgd_step",
     "MetaLoss",
-    "adaptation_curve",
+    "adaptation_scores",
     "METASGD_PREFIX",
     "init_metasgd_lrs",
     "maml_loss",

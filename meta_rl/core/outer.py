@@ -36,7 +36,7 @@ __all__ = [
     "init_metasgd_lrs",
     "reptile_direction",
     "reptile_update_",
-    "adaptation_curve",
+    "adaptation_scores",
 ]
 
 
@@ -187,7 +187,7 @@ def reptile_update_(
         params[k].add_(d, alpha=epsilon)
 
 
-def adaptation_curve(
+def adaptation_scores(
     loss_fn: LossFn,
     params: Mapping[str, Tensor],
     support: Any,
@@ -198,8 +198,10 @@ def adaptation_curve(
     adapt: Iterable[str] | None = None,
     factored: Iterable[str] = (),
 ) -> list[Tensor]:
-    """Per-task query scores ``[T]`` after 0, 1, ..., ``steps`` inner steps (no meta-graph).
-    The score is ``metric_fn(adapted, query)`` if given, else the loss."""
+    """Per-task query scores ``[T]`` after 0, 1, ..., ``steps`` inner steps on ``support`` (no
+    meta-graph): the supervised few-shot measurement. The score is ``metric_fn(adapted, query)``
+    if given, else the loss. (RL's counterpart, returns of fresh episodes after each inner step,
+    is :func:`meta_rl.rl.maml.adaptation_curve`.)"""
     score = loss_fn if metric_fn is None else metric_fn
     tasks = num_tasks(support)
     names = list(params) if adapt is None else list(adapt)

@@ -16,7 +16,7 @@ Images are box-downsampled to ``input_size`` x ``input_size`` and flattened (the
 ``heads`` read heads and one write head): the same episodes, inputs and yardstick, so the two
 memories compare directly (preset ``ntm-glyphs`` beside ``mann-glyphs``).
 
-Data-parallel (``torchrun``, :mod:`meta_rl.distributed`): the ``batch_size`` sequences of an
+Data-parallel (``torchrun``, :mod:`meta_rl.collectives`): the ``batch_size`` sequences of an
 update are split over the ranks (every rank draws the whole batch from the shared seeded
 sampler and keeps its sequences; losses are weighted by the rank's share and gradients summed
 before clipping), so N ranks take the single-process step. A sequence is never split: its
@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from meta_rl_envs.stats import mean_ci95
 from torch import Tensor, nn
 
-from meta_rl import distributed
+from meta_rl import collectives
 from meta_rl.config import ConfigError, bounds, choice
 from meta_rl.core.memory import CoreState, MemoryCore
 from meta_rl.core.ntm import NTMCore, NTMCoreState
@@ -55,7 +55,7 @@ __all__ = [
     "MANN",
     "MANNConfig",
     "accuracy_by_instance",
-    "evaluate",
+    "evaluate_sequences",
     "image_features",
     "previous_labels",
     "train",
@@ -237,7 +237,7 @@ class MANN(nn.Module):
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_sequences(
     model: MANN,
     sampler: EpisodeSampler,
     input_size: int,
@@ -279,7 +279,7 @@ def evaluate(
 # training
 # ---------------------------------------------------------------------------------------------
 def _train_metrics(
-    dist: distributed.Context, logits: Tensor, y: Tensor, loss: float, weight: float
+    dist: collectives.Context, logits: Tensor, y: Tensor, loss: float, weight: float
 ) -> dict[str, float]:
     """Loss, accuracy and accuracy on the 1st / 2nd instance of the whole batch (this rank's
     sequences with one process; summed over ranks' shares, counts included, otherwise)."""
@@ -309,7 +309,7 @@ def _train_metrics(
 
 def train(config: MANNConfig, run=None) -> dict[str, float]:
     """Train a MANN on glyph sequences of the train scripts; evaluate on the test scripts."""
-    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     config = dist.sync_config(config)
     shard = episode_shard(
         dist, config.batch_size, "batch_size", "a sequence's memory is written and read in order"
@@ -351,7 +351,9 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
             np.random.default_rng([config.seed, 2]),
             device=device,
         )
-        out = evaluate(model, sampler, config.input_size, config.eval_episodes, config.length)
+        out = evaluate_sequences(
+            model, sampler, config.input_size, config.eval_episodes, config.length
+        )
         return {f"test_{k}": v for k, v in out.items()}
 
     def batch_loss() -> tuple[Tensor, Callable[[], dict[str, float]]]:

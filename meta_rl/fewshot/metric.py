@@ -13,7 +13,7 @@
 Both train on the glyph scripts of the train split and are evaluated on held-out scripts:
 mean accuracy and the 95% confidence interval over many episodes.
 
-Data-parallel (``torchrun``, :mod:`meta_rl.distributed`): the ``meta_batch`` episodes of an
+Data-parallel (``torchrun``, :mod:`meta_rl.collectives`): the ``meta_batch`` episodes of an
 update are split over the ranks. Every rank draws the whole batch from the shared seeded
 sampler and keeps its episodes, weights its loss by its share and the gradients are summed, so
 N ranks take the single-process step. The Conv-4's BatchNorm needs no synchronisation: the
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from meta_rl_envs.stats import mean_ci95
 from torch import Tensor, nn
 
-from meta_rl import distributed, loop
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
 from meta_rl.fewshot.data import EpisodeSampler, ImageSet, split_by_group
@@ -57,7 +57,7 @@ __all__ = [
     "SiameseConfig",
     "SiameseNet",
     "contrastive_loss",
-    "evaluate",
+    "evaluate_accuracy",
     "glyph_splits",
     "prototypes",
     "train_protonet",
@@ -190,7 +190,7 @@ Predictor = Callable[[Tensor, Tensor, Tensor, int], Tensor]
 
 
 @torch.no_grad()
-def evaluate(
+def evaluate_accuracy(
     predict: Predictor, sampler: EpisodeSampler, episodes: int = 600, batch: int = 10
 ) -> dict[str, float]:
     """Accuracy over ``episodes`` episodes of ``sampler``: ``accuracy`` (mean of the per-episode
@@ -214,7 +214,7 @@ def _check_episode(xs: Tensor, ys: Tensor, xq: Tensor) -> None:
 
 
 def _embed_episodes(
-    encoder: nn.Module, xs: Tensor, xq: Tensor, images: distributed.Shard | None = None
+    encoder: nn.Module, xs: Tensor, xq: Tensor, images: collectives.Shard | None = None
 ) -> tuple[Tensor, Tensor]:
     """Embed support and query of every episode together (batch statistics per episode).
 
@@ -256,7 +256,7 @@ class ProtoNet(nn.Module):
     def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28) -> None:
         super().__init__()
         self.encoder = Conv4(in_channels, hidden, None, image_size)
-        self.images: distributed.Shard | None = None
+        self.images: collectives.Shard | None = None
         """set by data-parallel training on single episodes (see :func:`_embed_episodes`)"""
 
     def forward(self, xs: Tensor, ys: Tensor, xq: Tensor, n_way: int) -> Tensor:
@@ -284,7 +284,7 @@ class SiameseNet(nn.Module):
     def __init__(self, in_channels: int = 1, hidden: int = 64, image_size: int = 28) -> None:
         super().__init__()
         self.encoder = Conv4(in_channels, hidden, None, image_size)
-        self.images: distributed.Shard | None = None
+        self.images: collectives.Shard | None = None
         """set by data-parallel training on single episodes (see :func:`_embed_episodes`)"""
 
     def distances(self, xs: Tensor, xq: Tensor) -> Tensor:
@@ -354,11 +354,11 @@ def _samplers(
 
 
 def episode_shard(
-    ctx: distributed.Context,
+    ctx: collectives.Context,
     total: int,
     field_name: str,
     why: str = "one episode's batch statistics and prototypes span all its images",
-) -> distributed.Shard:
+) -> collectives.Shard:
     """This rank's episodes of a batch of ``total`` (all of them with one process). Episodes are
     the unit of data parallelism here: an episode is never split over ranks (``why``)."""
     if total < ctx.world_size:
@@ -446,14 +446,14 @@ def _train_episodic(
 ) -> dict[str, float]:
     """Adam on ``episode_loss(xs, ys, xq, yq) -> (loss, accuracy)`` over training episodes;
     evaluation on the test split (fresh, seeded episodes each time)."""
-    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     if dist.enabled and config.meta_batch == 1:
         # one episode per update: its images are split over the ranks, and the encoder's
         # BatchNorms take the statistics of the whole episode's images
         n_images = config.way_train * (config.k_shot + config.q_queries)
         model.images = dist.shard(n_images)
         sync_batchnorm_(model)
-        shard = distributed.Context().shard(1)  # every rank holds the (whole) episode
+        shard = collectives.Context().shard(1)  # every rank holds the (whole) episode
         weight = 1.0 / dist.world_size  # every rank computes the whole loss: a 1/N share
     else:
         why = "only a meta_batch of 1 episode is split by images"
@@ -475,7 +475,7 @@ def _train_episodic(
             device=device,
         )
         model.eval()
-        out = evaluate(model, sampler, config.eval_episodes)
+        out = evaluate_accuracy(model, sampler, config.eval_episodes)
         metrics = {"test_accuracy": out["accuracy"], "test_ci95": out["ci95"]}
         if extra_eval is not None:
             metrics.update(extra_eval(sampler))
@@ -504,7 +504,7 @@ def _train_episodic(
 
 def train_protonet(config: ProtoNetConfig, run=None) -> dict[str, float]:
     """Train prototypical networks episodically; returns the final metrics."""
-    config = distributed.context().sync_config(config)
+    config = collectives.context().sync_config(config)
     with seeded(config.seed):
         model = ProtoNet(1, config.hidden, config.image_size)
     n_train = config.way_train
@@ -519,7 +519,7 @@ def train_protonet(config: ProtoNetConfig, run=None) -> dict[str, float]:
 
 def train_siamese(config: SiameseConfig, run=None) -> dict[str, float]:
     """Train a Siamese network with the contrastive loss on episode pairs."""
-    config = distributed.context().sync_config(config)
+    config = collectives.context().sync_config(config)
     with seeded(config.seed):
         model = SiameseNet(1, config.hidden, config.image_size)
     n_train = config.way_train

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from meta_rl_envs.stats import mean_ci95
 from torch import Tensor, nn
 
-from meta_rl import distributed
+from meta_rl import collectives
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
 from meta_rl.core.ntm import NTMCore
 from meta_rl.fewshot.metric import episode_shard, fit, resolve_device
@@ -218,7 +218,7 @@ def evaluate(
 # ---------------------------------------------------------------------------------------------
 def train(config: CopyTaskConfig, run=None) -> dict[str, float]:
     """Train an NTM on the copy task; evaluate on held-out seeded sequences."""
-    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     config = dist.sync_config(config)
     shard = episode_shard(
         dist, config.batch_size, "batch_size", "a sequence's memory is written and read in order"
@@ -266,19 +266,11 @@ def train(config: CopyTaskConfig, run=None) -> dict[str, float]:
         loss = F.binary_cross_entropy_with_logits(logits, y)
 
         def summary() -> dict[str, float]:
-            cost = error_bits(logits.detach(), y)
-            if dist.enabled:  # the whole batch's mean: this rank's share, summed over ranks
-                parts = torch.stack([loss.detach() * shard.weight, cost.mean() * shard.weight])
-                loss_value, cost_value = dist.all_reduce(parts.double()).tolist()
-            else:
-                loss_value, cost_value = loss.item(), cost.mean().item()
-            recent.append(cost_value)
-            return {
-                "loss": loss_value,
-                "cost": cost_value,
-                "cost_avg": float(np.mean(recent)),
-                "length": float(length),
-            }
+            # the whole batch's means (this rank's share, summed over ranks)
+            local = {"loss": loss.item(), "cost": error_bits(logits.detach(), y).mean().item()}
+            out = dist.weighted_sum(local, shard.weight)
+            recent.append(out["cost"])
+            return {**out, "cost_avg": float(np.mean(recent)), "length": float(length)}
 
         return loss, summary
 

@@ -33,6 +33,7 @@ Functions (``space`` is the single-env action space):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import gymnasium as gym
@@ -43,12 +44,14 @@ __all__ = [
     "check_space",
     "head_size",
     "RowWindow",
+    "windowed",
     "noise",
     "sample_from_noise",
     "sample",
     "log_prob",
     "entropy",
     "kl",
+    "kl_hessian",
     "mode",
 ]
 
@@ -86,11 +89,22 @@ def head_size(space: gym.Space) -> int:
 class RowWindow(NamedTuple):
     """Use in place of a generator: :func:`noise` draws the noise of ``total`` rows (leading
     axis) from ``generator`` and keeps rows ``[start, start + batch_shape[0])``, i.e. exactly
-    what those rows get in a ``total``-row draw (data-parallel shards, see meta_rl.distributed)."""
+    what those rows get in a ``total``-row draw (data-parallel shards, see meta_rl.collectives)."""
 
     generator: torch.Generator | None
     start: int
     total: int
+
+
+def windowed(
+    generator: torch.Generator | None, window: tuple[int, int] | None
+) -> torch.Generator | RowWindow | None:
+    """``generator`` for the rows ``window = (first_row, total_rows)`` of a bigger batch (e.g.
+    ``Shard.window()`` of a data-parallel shard): a :class:`RowWindow`, or ``generator`` itself
+    when ``window`` is ``None`` (the whole batch) or there is no generator."""
+    if window is None or generator is None:
+        return generator
+    return RowWindow(generator, *window)
 
 
 def noise(
@@ -177,6 +191,38 @@ def kl(
     mean_term = (head_p - head_q).square() * torch.exp(-2.0 * log_std_q)
     per_dim = 0.5 * (var_ratio + mean_term - 1.0) - (log_std_p - log_std_q)
     return per_dim.expand_as(head_p).sum(-1)
+
+
+def kl_hessian(
+    head: Tensor, log_std: Tensor | None, weight: Tensor
+) -> tuple[list[Tensor], Callable[[list[Tensor]], list[Tensor]]]:
+    """The Hessian ``M`` of ``sum_rows weight * KL(sampling || current)`` in the distribution
+    parameters, at current = sampling (where the KL's gradient is zero, so ``M`` is all of it,
+    the distribution's Fisher): ``(outputs, v -> M v)`` with ``outputs`` the parameters
+    (``[head]`` for logits, ``[head, log_std]`` for a Gaussian) and ``v`` shaped like them.
+    Per row ``diag(p) - p p^T`` for the logits, ``diag(1 / sigma^2)`` for the mean and ``2`` for
+    each log-std entry; ``weight`` [tasks, rows] (without graph) broadcasts over ``head``'s
+    leading axes; a per-task log-std ``[tasks, 1, d]`` sums its rows' weights, a shared one all."""
+    if log_std is None:  # categorical logits
+        probs = torch.softmax(head.detach(), dim=-1)
+        w = weight.unsqueeze(-1)
+
+        def categorical(vs: list[Tensor]) -> list[Tensor]:
+            (v,) = vs
+            pv = probs * v
+            return [w * (pv - probs * pv.sum(-1, keepdim=True))]
+
+        return [head], categorical
+    w_mean = weight.unsqueeze(-1) * torch.exp(-2.0 * log_std.detach())
+    if log_std.dim() == 3:  # per task [k, 1, d]: summed over the rows it broadcasts to
+        w_log = 2.0 * weight.sum(1).view(head.shape[0], 1, 1)
+    else:  # shared [d]
+        w_log = 2.0 * weight.sum()
+
+    def gaussian(vs: list[Tensor]) -> list[Tensor]:
+        return [w_mean * vs[0], w_log * vs[1]]
+
+    return [head, log_std], gaussian
 
 
 def mode(space: gym.Space, head_out: Tensor) -> Tensor:

@@ -192,8 +192,9 @@ class GRUPolicy(RecurrentPolicy):
         separate_critic: bool = False,
         action_reward: tuple[int, int, int] | None = None,
     ) -> None:
+        _check_positive("hidden_size", hidden_size)  # before a layer is built with it
         super().__init__(obs_size, action_space, hidden_size, init_log_std)
-        self.hidden_size = _check_positive("hidden_size", hidden_size)
+        self.hidden_size = hidden_size
         if not isinstance(embed, int) or embed < 0:
             raise ValueError(f"embed={embed!r} must be a non-negative integer (0: no embedding)")
         inputs = self._set_action_reward(action_reward)

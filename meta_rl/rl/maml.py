@@ -25,10 +25,9 @@ adaptation (``eval_return_0``) and after each inner step (``eval_return_1``, ...
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import numpy as np
@@ -36,16 +35,18 @@ import torch
 from meta_rl_envs import make_env
 from torch import Tensor
 
-from meta_rl import distributed, loop
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds, choice
 from meta_rl.core import Params, expand_params, init_metasgd_lrs, inner_update
 from meta_rl.loop import TrainingDiverged
 from meta_rl.policies import distributions as D
 from meta_rl.policies.mlp import MLPPolicy, make_mlp_policy
+from meta_rl.rl import trpo
+from meta_rl.rl.maml_fast import PiecewiseFisher, SupportCurvature, WrittenOut
 from meta_rl.rl.ppo import clipped_surrogate
-from meta_rl.rl.rollout import Episodes, compute_advantages, sample_episodes
-from meta_rl.rl.trpo import FisherProduct, GaussNewtonKL, LossWithGrad, trpo_step
+from meta_rl.rl.rollout import Episodes, compute_advantages, sample_episodes, shard_env
+from meta_rl.rl.trpo import trpo_step
 
 log = logging.getLogger(__name__)
 
@@ -185,23 +186,12 @@ class TaskData:
 
     @classmethod
     def from_episodes(cls, ep: Episodes, advantages: Tensor) -> TaskData:
-        return cls(
-            ep.by_task(ep.obs),
-            ep.by_task(ep.actions),
-            ep.by_task(ep.logp),
-            ep.by_task(advantages),
-            ep.by_task(ep.mask),
-        )
+        by_task = ep.by_task
+        return cls(*map(by_task, (ep.obs, ep.actions, ep.logp, advantages, ep.mask)))
 
     def tasks(self, index: slice) -> TaskData:
         """The tasks ``index`` of the batch."""
-        return TaskData(
-            self.obs[index],
-            self.actions[index],
-            self.logp[index],
-            self.advantages[index],
-            self.mask[index],
-        )
+        return TaskData(*(getattr(self, f.name)[index] for f in fields(self)))
 
 
 def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -210,31 +200,43 @@ def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
 
 
 class MetaLearner:
-    """The meta-parameters (policy, Meta-SGD step sizes) and the adaptation of stacked params.
+    """The meta-parameters and the adaptation of stacked per-task params.
 
-    ``config`` is a :class:`MAMLConfig` or any config with its adaptation fields (``inner_lr``,
-    ``gamma``, ``gae_lambda``, ``baseline``, ``normalize_advantages``, ``horizon``; e.g.
-    :class:`meta_rl.rl.reptile.ReptileConfig`)."""
+    ``theta`` are the policy's parameters (leaves of the module: updates land in the module);
+    ``lrs`` Meta-SGD's learned per-parameter inner step sizes (``None``: the config's scalar
+    ``inner_lr``). ``config`` is a :class:`MAMLConfig` or any config with its adaptation fields
+    (``inner_lr``, ``gamma``, ``gae_lambda``, ``baseline``, ``normalize_advantages``,
+    ``horizon``; e.g. :class:`meta_rl.rl.reptile.ReptileConfig`)."""
 
     def __init__(self, policy: MLPPolicy, config: Any) -> None:
         self.policy = policy
         self.config = config
-        self.theta = policy.params()  # leaves of the module: updates land in the module
+        self.theta = policy.params()
         self.lrs: Params | None = None
         if getattr(config, "algorithm", None) == "metasgd":
             self.lrs = init_metasgd_lrs(self.theta, config.inner_lr)
 
-    def outer_params(self) -> Params:
-        """Everything the outer loop updates: the policy params and any learned step sizes."""
+    @property
+    def lr(self) -> Params | float:
+        """The inner step size: the learned per-parameter rates, else the config's scalar."""
+        return self.lrs if self.lrs is not None else self.config.inner_lr
+
+    def leaves(self) -> list[Tensor]:
+        """What the outer step updates, in a fixed order: the policy params, then the rates."""
+        return [*self.theta.values(), *(self.lrs.values() if self.lrs is not None else ())]
+
+    def outer_params(self) -> dict[str, Tensor]:
+        """:meth:`leaves` by name, as checkpoints hold them (the rates under ``inner_lr/``)."""
         out = dict(self.theta)
         if self.lrs is not None:
             out.update({LR_PREFIX + k: v for k, v in self.lrs.items()})
         return out
 
-    def split(self, outer: Mapping[str, Tensor]) -> tuple[Params, Any]:
-        theta = {k: v for k, v in outer.items() if not k.startswith(LR_PREFIX)}
-        lrs = {k[len(LR_PREFIX) :]: v for k, v in outer.items() if k.startswith(LR_PREFIX)}
-        return theta, (lrs if lrs else self.config.inner_lr)
+    def detached(self) -> tuple[Params, Params | float]:
+        """``(theta, lr)`` without graph: for sampling and evaluation."""
+        theta = {k: v.detach() for k, v in self.theta.items()}
+        lr = self.lr
+        return theta, ({k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr)
 
     def inner_loss(self, params: Params, data: TaskData) -> Tensor:
         """[T] likelihood-ratio policy-gradient surrogate of each task (to minimise)."""
@@ -244,378 +246,58 @@ class MetaLearner:
 
     def adapt(
         self,
-        outer: Mapping[str, Tensor],
+        theta: Params,
+        lr: Params | float,
         supports: list[TaskData],
         num_tasks: int,
         first_order: bool,
     ) -> Params:
-        """Stacked per-task params after one inner step on each of ``supports``."""
-        theta, lr = self.split(outer)
+        """Stacked per-task params after one inner step of size ``lr`` on each of ``supports``,
+        from ``theta`` (differentiable w.r.t. both unless ``first_order``)."""
         params = expand_params(theta, num_tasks)
         for data in supports:
             params = inner_update(self.inner_loss, params, data, lr, 1, first_order=first_order)
         return params
 
 
-class SupportCurvature:
-    """The inner loss's gradient and exact Hessian-vector products, written out (no autograd
-    graph): :meth:`MetaLearner.inner_loss` (the likelihood-ratio surrogate) of a Gaussian MLP
-    policy whose ``net`` alternates Linear and Tanh / ReLU layers, with stacked per-task params.
+class OuterProblem:
+    """The outer objective of one meta-iteration at the learner's current params: re-adapt from
+    them on the fixed support episodes, then score the adapted policies on the fixed query
+    episodes (``sampled``: the adapted params the query episodes were sampled with). The plain
+    autograd form of :class:`meta_rl.rl.trpo.Objective`; :func:`outer_objective` picks, once
+    at setup, this or a faster drop-in of :mod:`meta_rl.rl.maml_fast` with the same numbers.
 
-    ``hvp`` is Pearlmutter's R-operator: a forward pass of the tangents (``R z``, ``R h``)
-    through the cached activations, then the tangent of the backward pass. Per hidden layer it
-    needs the same matrix products as a double backward but about half the elementwise passes
-    over the ``[T, N, hidden]`` activations (tested equal to autograd in float64)."""
+    TRPO's metric is the Hessian of the KL between the sampling and the re-adapted policies on
+    the first ``fisher_tasks`` tasks (default: the config's, 0 meaning all; a data-parallel
+    shard passes its own count, ``Shard.first``) and every ``fisher_subsample``-th query sample,
+    through the inner update per the config's ``fisher`` and in the form ``fisher_product``."""
 
     def __init__(
         self,
-        policy: MLPPolicy,
-        params: Mapping[str, Tensor],
-        data: TaskData,
-        hessian: bool = True,
+        learner: MetaLearner,
+        supports: list[TaskData],
+        query: TaskData,
+        sampled: Params,
+        fisher_tasks: int | None = None,
     ) -> None:
-        layers = list(policy.net)
-        self.linear = [i for i, m in enumerate(layers) if isinstance(m, torch.nn.Linear)]
-        self.tanh = [type(layers[i + 1]) is torch.nn.Tanh for i in self.linear[:-1]]
-        p = {k: v.detach() for k, v in params.items()}
-        self.w = [p[f"net.{i}.weight"] for i in self.linear]
-        x = data.obs
-        hs, ds, qs = [x], [], []
-        one = torch.ones((), dtype=x.dtype, device=x.device)
-        z = x
-        for j, w in enumerate(self.w):
-            z = torch.bmm(hs[-1], w.mT).add_(p[f"net.{self.linear[j]}.bias"].unsqueeze(1))
-            if j < len(self.w) - 1:
-                if self.tanh[j]:  # tanh z = 2 sigmoid(2 z) - 1 (CPU tanh is slow); 1 - tanh^2
-                    h = torch.sigmoid_(z.mul_(2.0)).mul_(2.0).sub_(1.0)
-                    ds.append(torch.addcmul(one, h, h, value=-1.0))
-                else:
-                    h = torch.relu(z)
-                    ds.append((z > 0).to(z.dtype))
-                hs.append(h)
-        log_std = p["log_std"].unsqueeze(1)  # [T, 1, d]
-        inv_sigma = torch.exp(-log_std)
-        e = (data.actions - z) * inv_sigma
-        logp = (
-            -0.5 * e.square().sum(-1) - log_std.sum(-1) - 0.5 * e.shape[-1] * math.log(2 * math.pi)
-        )
-        c = data.advantages * data.mask / data.mask.sum(1, keepdim=True).clamp_min(1.0)
-        beta = (-c * torch.exp(logp - data.logp)).unsqueeze(-1)  # d loss / d logp, [T, N, 1]
-        delta = beta * e * inv_sigma  # d loss / d mean
-        grads: dict[str, Tensor] = {"log_std": (beta * (e * e - 1.0)).sum(1)}
-        deltas = [delta]
-        for j in range(len(self.w) - 1, -1, -1):
-            i = self.linear[j]
-            grads[f"net.{i}.weight"] = torch.bmm(delta.mT, hs[j])
-            grads[f"net.{i}.bias"] = delta.sum(1)
-            if j > 0:
-                dh = torch.bmm(delta, self.w[j])
-                delta = dh.mul_(ds[j - 1]) if not (hessian and self.tanh[j - 1]) else ds[j - 1] * dh
-                deltas.insert(0, delta)
-                qs.insert(0, 2.0 * hs[j] * dh if hessian and self.tanh[j - 1] else None)
-        self.names = list(params)
-        self.loss = beta.sum()  # the inner loss summed over tasks
-        self.mean, self.log_std = z, log_std
-        self.grads = {k: grads[k] for k in self.names}
-        self.hs, self.ds, self.qs, self.deltas = hs, ds, qs, deltas
-        self.e, self.inv_sigma, self.beta = e, inv_sigma, beta
-        self.hessian = hessian
-
-    def tasks(self, index: slice) -> SupportCurvature:
-        """The same for the tasks ``index`` only (views of the cached tensors)."""
-        out = object.__new__(SupportCurvature)
-        out.__dict__.update(self.__dict__)
-        for key in ("hs", "ds", "qs", "deltas"):
-            setattr(out, key, [None if t is None else t[index] for t in getattr(self, key)])
-        for key in ("w", "e", "inv_sigma", "beta", "mean", "log_std"):
-            val = getattr(self, key)
-            setattr(out, key, [t[index] for t in val] if isinstance(val, list) else val[index])
-        out.grads = {k: g[index] for k, g in self.grads.items()}
-        out.loss = out.beta.sum()
-        return out
-
-    @staticmethod
-    def applies(policy: MLPPolicy) -> bool:
-        """Whether ``policy`` has the structure this class differentiates by hand."""
-        if not isinstance(policy, MLPPolicy) or not policy.continuous:
-            return False
-        cls = type(policy)
-        if cls.head is not MLPPolicy.head or cls.log_prob is not MLPPolicy.log_prob:
-            return False  # a subclass that changes the distribution's parameters
-        layers = list(policy.net)
-        if not layers or not isinstance(layers[-1], torch.nn.Linear):
-            return False
-        if set(n for n, _ in policy.named_parameters()) - {"log_std"} != {
-            f"net.{i}.{k}"
-            for i, m in enumerate(layers)
-            if isinstance(m, torch.nn.Linear)
-            for k in ("weight", "bias")
-        }:
-            return False
-        kinds = [type(m) for m in layers]
-        return (
-            all(
-                kinds[i] is torch.nn.Linear and kinds[i + 1] in (torch.nn.Tanh, torch.nn.ReLU)
-                for i in range(0, len(kinds) - 1, 2)
-            )
-            and len(kinds) % 2 == 1
-        )
-
-    def hvp(self, xs: list[Tensor]) -> list[Tensor]:
-        """Per task, the inner loss's Hessian times ``xs`` (stacked like the params)."""
-        if not self.hessian:
-            raise ValueError("this SupportCurvature was built with hessian=False")
-        v = dict(zip(self.names, xs, strict=True))
-        hs, ds, qs, deltas = self.hs, self.ds, self.qs, self.deltas
-        rhs: list[Tensor | None] = [None]
-        for j, w in enumerate(self.w):  # tangent forward
-            i = self.linear[j]
-            rz = torch.bmm(hs[j], v[f"net.{i}.weight"].mT).add_(v[f"net.{i}.bias"].unsqueeze(1))
-            if rhs[j] is not None:
-                rz.baddbmm_(rhs[j], w.mT)
-            if j < len(self.w) - 1:
-                rhs.append(rz.mul_(ds[j]))
-        e, inv_sigma, beta = self.e, self.inv_sigma, self.beta
-        v_log = v["log_std"].unsqueeze(1)
-        r_mean = rz * inv_sigma  # R mean / sigma
-        r_beta = beta * (e * r_mean + (e * e - 1.0) * v_log).sum(-1, keepdim=True)
-        out: dict[str, Tensor] = {
-            "log_std": (r_beta * (e * e - 1.0) - 2.0 * beta * e * (r_mean + e * v_log)).sum(1)
-        }
-        r_delta = (r_beta * e - beta * (r_mean + 2.0 * e * v_log)) * inv_sigma
-        for j in range(len(self.w) - 1, -1, -1):  # tangent backward
-            i = self.linear[j]
-            delta = deltas[j]
-            rw = torch.bmm(r_delta.mT, hs[j])
-            if rhs[j] is not None:
-                rw.baddbmm_(delta.mT, rhs[j])
-            out[f"net.{i}.weight"] = rw
-            out[f"net.{i}.bias"] = r_delta.sum(1)
-            if j > 0:
-                r_delta = torch.bmm(r_delta, self.w[j]).baddbmm_(delta, v[f"net.{i}.weight"])
-                r_delta.mul_(ds[j - 1])
-                if qs[j - 1] is not None:  # tanh'' = -2 tanh tanh'
-                    r_delta.addcmul_(qs[j - 1], rhs[j], value=-1.0)
-        return [out[k] for k in self.names]
-
-
-class OuterProblem:
-    """The outer objective of one meta-iteration: re-adapt from given outer params on the fixed
-    support episodes, then score the adapted policies on the fixed query episodes."""
-
-    def __init__(
-        self, learner: MetaLearner, supports: list[TaskData], query: TaskData, sampled: Params
-    ) -> None:
+        cfg = learner.config
         self.learner, self.supports, self.query = learner, supports, query
-        self.first_order = learner.config.algorithm == "fomaml"
+        self.first_order = cfg.algorithm == "fomaml"
         self.num_tasks = query.obs.shape[0]
+        if fisher_tasks is None:
+            fisher_tasks = min(cfg.fisher_tasks or self.num_tasks, self.num_tasks)
+        self.fisher_tasks = fisher_tasks
+        self.fisher_rows = slice(None, None, cfg.fisher_subsample)
         with torch.no_grad():  # the sampling (adapted) policies' heads, for the KL
             self.old_head, self.old_log_std = learner.policy.head(sampled, query.obs)
 
-    def _fisher_heads(self, outer: Mapping[str, Tensor]) -> tuple[Tensor, ...]:
-        """(head, log_std, old head, old log_std, mask) of the KL that is TRPO's metric: the
-        first ``fisher_tasks`` tasks (a random subset: tasks are i.i.d.) and every
-        ``fisher_subsample``-th query sample, adapted through the inner update (``fisher="full"``)
-        or with the inner gradients held constant (``fisher="first_order"``)."""
-        cfg, policy = self.learner.config, self.learner.policy
-        k = min(cfg.fisher_tasks or self.num_tasks, self.num_tasks)
-        tasks, rows = slice(0, k), slice(None, None, cfg.fisher_subsample)
-        supports = [s.tasks(tasks) for s in self.supports]
-        fo = self.first_order or cfg.fisher == "first_order"
-        adapted = self.learner.adapt(outer, supports, k, first_order=fo)
-        q = self.query.tasks(tasks)
-        head, log_std = policy.head(adapted, q.obs[:, rows])
-        old_log_std = self.old_log_std[tasks] if self.old_log_std is not None else None
-        return head, log_std, self.old_head[tasks, rows], old_log_std, q.mask[:, rows]
-
-    def fisher_kl(self, outer: Mapping[str, Tensor]) -> Tensor:
-        """The KL whose Hessian is TRPO's metric (see :meth:`_fisher_heads`)."""
-        head, log_std, old_head, old_log_std, mask = self._fisher_heads(outer)
-        kl = D.kl(self.learner.policy.action_space, old_head, old_log_std, head, log_std)
-        return _masked_task_mean(kl, mask).mean()
-
-    def fisher_gauss_newton(self, outer: Mapping[str, Tensor]) -> GaussNewtonKL:
-        """The Hessian of :meth:`fisher_kl` at the sampling params, exactly, as ``J^T M J``:
-        ``J`` the Jacobian of the adapted policies' distribution parameters w.r.t. ``outer``,
-        ``M`` the KL's Hessian in those parameters (see :meth:`_fisher_metric`)."""
-        head, log_std, _, _, mask = self._fisher_heads(outer)
-        return self._fisher_metric(head, log_std, mask)
-
-    @staticmethod
-    def _fisher_metric(
-        head: Tensor, log_std: Tensor | None, mask: Tensor, num_tasks: int = 0
-    ) -> GaussNewtonKL:
-        """``outputs`` (the distribution parameters) and ``M``, the KL's Hessian in them at the
-        sampling params (zero KL gradient there, so no other term): per sample
-        ``diag(1 / sigma^2)`` for the mean and ``2`` for each log-std entry (Gaussian),
-        ``diag(p) - p p^T`` for the logits (categorical), times the sample's weight in the
-        masked task mean and the mean over ``num_tasks`` (default: ``head.shape[0]``) tasks."""
-        k = head.shape[0]
-        weight = mask / mask.sum(1, keepdim=True).clamp_min(1.0) / (num_tasks or k)  # [k, rows]
-        weight = weight.detach()
-        if log_std is None:  # categorical logits
-            probs = torch.softmax(head.detach(), dim=-1)
-            w = weight.unsqueeze(-1)
-
-            def metric(vs: list[Tensor]) -> list[Tensor]:
-                (v,) = vs
-                pv = probs * v
-                return [w * (pv - probs * pv.sum(-1, keepdim=True))]
-
-            return GaussNewtonKL([head], metric)
-        w_mean = weight.unsqueeze(-1) * torch.exp(-2.0 * log_std.detach())
-        if log_std.dim() == 3:  # per task [k, 1, d]: summed over the rows it broadcasts to
-            w_log = 2.0 * weight.sum(1).view(k, 1, 1)
-        else:  # shared [d]
-            w_log = 2.0 * weight.sum()
-
-        def metric(vs: list[Tensor]) -> list[Tensor]:
-            return [w_mean * vs[0], w_log * vs[1]]
-
-        return GaussNewtonKL([head, log_std], metric)
-
-    def fisher_product(
-        self,
-        outer: Mapping[str, Tensor],
-        curvature: list[SupportCurvature] | None = None,
-        adapted: Params | None = None,
-    ) -> FisherProduct:
-        """:meth:`fisher_gauss_newton`'s matrix ``J^T M J``, applied piece by piece (scalar
-        inner lr only).
-
-        An inner step ``theta' = theta - lr grad L_s(theta)`` has the Jacobian
-        ``A = I - lr H_s`` (``H_s`` the support loss's Hessian, per task), which is symmetric.
-        So ``J = J_q A_n ... A_1`` (``J_q``: the Jacobian of the query heads at the adapted
-        params) and ``F v = sum_tasks A_1 ... A_n J_q^T M J_q A_n ... A_1 v``: per inner step
-        two support Hessian-vector products (written out by :class:`SupportCurvature` where it
-        applies, else one backward each through the retained graph of that step's gradient)
-        plus a Jacobian-vector / vector-Jacobian pair on the few Fisher query rows. The
-        Gauss-Newton form instead differentiates ``J^T w`` built through the inner update, a
-        third-order graph. ``fisher="first_order"`` (or FOMAML): ``A = I``.
-
-        ``curvature`` / ``adapted``: the inner steps' :class:`SupportCurvature` (built with
-        ``hessian=True``) and the adapted params of all tasks at ``outer``, when the caller
-        already has them (see :meth:`trpo_objective`)."""
-        cfg, policy, learner = self.learner.config, self.learner.policy, self.learner
-        theta, lr = learner.split(outer)
-        if isinstance(lr, Mapping):
-            raise ValueError(
-                "fisher_product needs a scalar inner lr (Meta-SGD: fisher_gauss_newton)"
-            )
-        k = min(cfg.fisher_tasks or self.num_tasks, self.num_tasks)
-        tasks, rows = slice(0, k), slice(None, None, cfg.fisher_subsample)
-        second = not (self.first_order or cfg.fisher == "first_order")
-        names = list(theta)
-        steps: list[Any] = []  # per inner step: a SupportCurvature or (leaves, gradient graph)
-        if curvature is not None and adapted is not None:
-            steps = [c.tasks(tasks) for c in curvature]
-            params = {n: adapted[n][tasks].detach() for n in names}
-        else:
-            params = {n: v.detach().expand(k, *v.shape).clone() for n, v in theta.items()}
-            analytic = self.analytic
-            with torch.enable_grad():
-                for data in self.supports:
-                    if analytic:
-                        step = SupportCurvature(policy, params, data.tasks(tasks), second)
-                        grads = list(step.grads.values())
-                        steps.append(step)
-                    else:
-                        leaves = [params[n].requires_grad_(True) for n in names]
-                        loss = learner.inner_loss(params, data.tasks(tasks)).sum()
-                        grads = torch.autograd.grad(loss, leaves, create_graph=second)
-                        steps.append((leaves, list(grads)))
-                    params = {
-                        n: (params[n] - lr * g).detach() for n, g in zip(names, grads, strict=True)
-                    }
-        if not second:  # FOMAML / first-order Fisher: A = I
-            steps = []
-        with torch.enable_grad():
-            top = [params[n].requires_grad_(True) for n in names]
-            q = self.query.tasks(tasks)
-            head, log_std = policy.head(params, q.obs[:, rows])
-        gn = self._fisher_metric(head, log_std, q.mask[:, rows], k)
-        outs = gn.outputs
-        ws = [torch.zeros_like(o, requires_grad=True) for o in outs]
-        jt_w = torch.autograd.grad(outs, top, grad_outputs=ws, create_graph=True)
-        sizes = [v.numel() for v in theta.values()]
-
-        def apply_a(xs: list[Tensor], step: Any) -> list[Tensor]:
-            if isinstance(step, SupportCurvature):
-                hx = step.hvp(xs)
-            else:
-                leaves, grads = step
-                hx = torch.autograd.grad(grads, leaves, grad_outputs=xs, retain_graph=True)
-            return [x - lr * h for x, h in zip(xs, hx, strict=True)]
-
-        def matvec(v: Tensor) -> Tensor:
-            xs = [
-                c.view(t.shape).expand(k, *t.shape)
-                for c, t in zip(v.split(sizes), theta.values(), strict=True)
-            ]
-            for step in steps:  # A v
-                xs = apply_a(xs, step)
-            jv = torch.autograd.grad(jt_w, ws, grad_outputs=xs, retain_graph=True)  # J_q A v
-            ys = torch.autograd.grad(outs, top, grad_outputs=gn.metric(list(jv)), retain_graph=True)
-            ys = list(ys)
-            for step in reversed(steps):  # A^T J_q^T M J_q A v (A symmetric)
-                ys = apply_a(ys, step)
-            return torch.cat([y.sum(0).reshape(-1) for y in ys])
-
-        return FisherProduct(matvec)
-
-    @property
-    def analytic(self) -> bool:
-        """Whether :meth:`trpo_objective` uses :class:`SupportCurvature` (a Gaussian tanh/ReLU
-        MLP policy, a scalar inner lr and :meth:`MetaLearner.inner_loss`)."""
-        learner = self.learner
-        return (
-            learner.lrs is None
-            and type(learner).inner_loss is MetaLearner.inner_loss
-            and SupportCurvature.applies(learner.policy)
-        )
-
-    def _analytic_objective(
-        self, outer: Mapping[str, Tensor]
-    ) -> tuple[LossWithGrad, FisherProduct]:
-        """:meth:`trpo_objective` (second order) with the inner steps, the meta-gradient and the
-        Fisher's support Hessians written out (:class:`SupportCurvature`; the same numbers; the
-        line search's plain values stay with autograd, measured as fast).
-
-        The meta-gradient is ``mean_tasks A_1 ... A_n u`` with ``u`` the query loss's
-        gradient at the adapted params and ``A = I - lr H_s`` each inner step's (symmetric)
-        Jacobian: one support Hessian-vector product per inner step, no graph."""
-        cfg, policy, q = self.learner.config, self.learner.policy, self.query
-        theta, lr = self.learner.split(outer)
-        n = self.num_tasks
-        params = {k: v.detach().expand(n, *v.shape).clone() for k, v in theta.items()}
-        hessian = not self.first_order
-        steps = []
-        for data in self.supports:
-            step = SupportCurvature(policy, params, data, hessian)
-            steps.append(step)
-            params = {
-                k: v - lr * g for (k, v), g in zip(params.items(), step.grads.values(), strict=True)
-            }
-        top = SupportCurvature(policy, params, q, hessian=False)
-        ys = [g / n for g in top.grads.values()]  # the query loss is the mean over tasks
-        if hessian:
-            for step in reversed(steps):
-                ys = [y - lr * h for y, h in zip(ys, step.hvp(ys), strict=True)]
-        grad = torch.cat([y.sum(0).reshape(-1) for y in ys])
-        kl = D.kl(policy.action_space, self.old_head, self.old_log_std, top.mean, top.log_std)
-        if cfg.fisher == "full" and not self.first_order:
-            metric = self.fisher_product(outer, steps, params)
-        else:
-            metric = self.fisher_product(outer)
-        metric.kl = _masked_task_mean(kl, q.mask).mean().item()
-        return LossWithGrad(top.loss / n, grad), metric
-
-    def logp_and_kl(self, outer: Mapping[str, Tensor], second_order: bool) -> tuple[Tensor, Tensor]:
+    # -- the objective -------------------------------------------------------------------
+    def logp_and_kl(self, second_order: bool) -> tuple[Tensor, Tensor]:
         """Query log-probs [T, M] of the re-adapted policies and their mean KL from the sampling
         ones. ``second_order=False``: a cheap value (no meta-graph, e.g. for a line search)."""
-        policy, q = self.learner.policy, self.query
+        learner, policy, q = self.learner, self.learner.policy, self.query
         fo = self.first_order or not second_order
-        adapted = self.learner.adapt(outer, self.supports, self.num_tasks, first_order=fo)
+        adapted = learner.adapt(learner.theta, learner.lr, self.supports, self.num_tasks, fo)
         with torch.set_grad_enabled(second_order):
             head, log_std = policy.head(adapted, q.obs)
             logp = D.log_prob(policy.action_space, head, log_std, q.actions)
@@ -623,46 +305,85 @@ class OuterProblem:
             kl = _masked_task_mean(kl, q.mask).mean()
         return logp, kl
 
-    def trpo_objective(
-        self, outer: Mapping[str, Tensor], second_order: bool
-    ) -> tuple[Tensor | LossWithGrad, Tensor | GaussNewtonKL | FisherProduct]:
-        """(surrogate loss to minimise, mean KL) for :func:`trpo_step`.
-
-        With ``second_order`` the KL returned is the one whose Hessian TRPO uses as its metric
-        (:meth:`fisher_kl`): ``fisher="full"`` differentiates it through the (second-order)
-        inner update, as the MAML paper's implementation does; ``fisher="first_order"`` holds
-        the inner gradients constant (cheaper, but blind to how a step changes the adaptation:
-        on PointNav it lets the pre-update policy drift until the line search stalls).
-        With ``fisher_product="gauss_newton"`` that metric comes as the equal
-        :class:`GaussNewtonKL` (:meth:`fisher_gauss_newton`, Meta-SGD) or
-        :class:`FisherProduct` (:meth:`fisher_product`, scalar inner lr) instead of the KL; for
-        a Gaussian tanh/ReLU MLP with a scalar inner lr the whole objective is written out
-        (:meth:`_analytic_objective`: the loss comes with its gradient, :class:`LossWithGrad`)."""
-        cfg, q = self.learner.config, self.query
-        if second_order and cfg.fisher_product == "gauss_newton" and self.analytic:
-            return self._analytic_objective(outer)
-        logp, kl = self.logp_and_kl(outer, second_order)
+    def surrogate(self, second_order: bool) -> tuple[Tensor, Tensor]:
+        """(the query surrogate loss to minimise, the mean KL), see :meth:`logp_and_kl`."""
+        q = self.query
+        logp, kl = self.logp_and_kl(second_order)
         with torch.set_grad_enabled(second_order):
             ratio = torch.exp(logp - q.logp)
             loss = -_masked_task_mean(ratio * q.advantages, q.mask).mean()
-        if second_order and cfg.fisher_product == "gauss_newton":
-            gn = self.fisher_gauss_newton(outer) if self.learner.lrs else self.fisher_product(outer)
-            gn.kl = kl.item()
-            return loss, gn
-        subset = cfg.fisher_subsample > 1 or 0 < cfg.fisher_tasks < self.num_tasks
-        if second_order and (cfg.fisher == "first_order" or subset):
-            kl = self.fisher_kl(outer)
         return loss, kl
 
-    def ppo_loss(self, outer: Mapping[str, Tensor], clip: float) -> Tensor:
+    def ppo_loss(self, clip: float) -> Tensor:
         """Mean over tasks of PPO's clipped surrogate of each task's adapted policy."""
         q = self.query
-        logp, _ = self.logp_and_kl(outer, True)
+        logp, _ = self.logp_and_kl(True)
         per_task = torch.func.vmap(clipped_surrogate, in_dims=(0, 0, 0, None))(
             logp, q.logp, q.advantages * q.mask, clip
         )
         # clipped_surrogate averages over all M samples; rescale to the unmasked ones
         return (per_task * q.mask.shape[1] / q.mask.sum(1).clamp_min(1.0)).mean()
+
+    # -- TRPO's metric -------------------------------------------------------------------
+    def _fisher_heads(self) -> tuple[Tensor, ...]:
+        """(head, log_std, old head, old log_std, mask) of the KL that is TRPO's metric."""
+        cfg, learner, policy = self.learner.config, self.learner, self.learner.policy
+        tasks, rows, k = slice(0, self.fisher_tasks), self.fisher_rows, self.fisher_tasks
+        supports = [s.tasks(tasks) for s in self.supports]
+        fo = self.first_order or cfg.fisher == "first_order"
+        adapted = learner.adapt(learner.theta, learner.lr, supports, k, first_order=fo)
+        q = self.query.tasks(tasks)
+        head, log_std = policy.head(adapted, q.obs[:, rows])
+        old_log_std = self.old_log_std[tasks] if self.old_log_std is not None else None
+        return head, log_std, self.old_head[tasks, rows], old_log_std, q.mask[:, rows]
+
+    def fisher_kl(self) -> Tensor:
+        """The KL whose Hessian is TRPO's metric."""
+        head, log_std, old_head, old_log_std, mask = self._fisher_heads()
+        kl = D.kl(self.learner.policy.action_space, old_head, old_log_std, head, log_std)
+        return _masked_task_mean(kl, mask).mean()
+
+    def fisher_gauss_newton(self) -> tuple[list[Tensor], Callable[[list[Tensor]], list[Tensor]]]:
+        """The Hessian of :meth:`fisher_kl` at the sampling params, exactly, as ``J^T M J``:
+        ``(outputs, M)`` for :func:`meta_rl.rl.trpo.gauss_newton_fvp`, ``outputs`` the adapted
+        policies' distribution parameters (with their graph to the params)."""
+        head, log_std, _, _, mask = self._fisher_heads()
+        weight = mask / mask.sum(1, keepdim=True).clamp_min(1.0) / mask.shape[0]  # as the KL's
+        return D.kl_hessian(head, log_std, weight.detach())
+
+    def local_model(self) -> trpo.LocalModel:
+        """Loss, meta-gradient and Fisher-vector product at the learner's current params."""
+        cfg, leaves = self.learner.config, self.learner.leaves()
+        loss, kl = self.surrogate(True)
+        gauss_newton = cfg.fisher_product == "gauss_newton"
+        grad = trpo.flat_grad(
+            loss, leaves, retain_graph=not gauss_newton
+        )  # the KL shares its graph
+        if self.fisher_tasks == 0:  # no Fisher task here (a data-parallel shard): adds nothing
+            fvp: Callable[[Tensor], Tensor] = torch.zeros_like
+        elif gauss_newton:
+            fvp = trpo.gauss_newton_fvp(*self.fisher_gauss_newton(), leaves)
+        else:
+            subset = cfg.fisher_subsample > 1 or self.fisher_tasks < self.num_tasks
+            if cfg.fisher == "first_order" or subset:
+                kl = self.fisher_kl()
+            fvp = trpo.hessian_fvp(kl, leaves)
+        return trpo.LocalModel(loss.detach(), grad, fvp)
+
+    def loss_and_kl(self) -> tuple[Tensor, Tensor]:
+        """The surrogate loss and the mean KL without a meta-graph (TRPO's line search)."""
+        return self.surrogate(False)
+
+
+def outer_objective(learner: MetaLearner) -> Callable[[OuterProblem], trpo.Objective]:
+    """How a meta-iteration's :class:`OuterProblem` becomes TRPO's objective, chosen once at
+    setup: the problem itself (Meta-SGD's per-parameter rates, ``fisher_product="hessian"``),
+    else a :mod:`meta_rl.rl.maml_fast` drop-in: everything written out where
+    :class:`SupportCurvature` applies (and the inner loss is ours), else piecewise products."""
+    if learner.config.fisher_product == "hessian" or learner.lrs is not None:
+        return lambda problem: problem
+    ours = type(learner).inner_loss is MetaLearner.inner_loss
+    return WrittenOut if ours and SupportCurvature.applies(learner.policy) else PiecewiseFisher
 
 
 HINT = "Lower the step size (max_kl / ppo_lr / inner_lr) or change the seed."
@@ -703,8 +424,7 @@ def adaptation_curve(
     cfg = learner.config
     env.set_tasks(tasks)
     gen = torch.Generator(device=env.device).manual_seed(seed)
-    outer = {k: v.detach() for k, v in learner.outer_params().items()}
-    theta, lr = learner.split(outer)
+    theta, lr = learner.detached()
     params = expand_params(theta, env.num_tasks)
     returns, steps_used, episodes = [], [], []
     for k in range(steps + 1):
@@ -754,8 +474,13 @@ class MetaPGSetup:
     learner: MetaLearner
     task_rng: np.random.Generator
     action_gen: torch.Generator
-    shard: distributed.Shard
+    shard: collectives.Shard
     """this rank's tasks of each meta-batch (all of them in one process)"""
+
+    def sample(self, params: Params, seed: int) -> Episodes:
+        """One episode per row of the training env (this rank's tasks) with ``params``."""
+        gen = self.action_gen
+        return sample_episodes(self.env, self.policy, params, gen, seed=seed, shard=self.shard)
 
     def evaluate(self) -> dict[str, float]:
         """Mean return on the held-out tasks after 0..eval_inner_steps inner steps."""
@@ -769,17 +494,17 @@ class MetaPGSetup:
 def build_setup(cfg: MetaPGConfig) -> MetaPGSetup:
     """Seeds: tasks from ``seed``, actions from ``seed``, initial weights from ``seed + 1``,
     held-out tasks from ``seed + 2``, evaluation episodes from ``seed + 3``. Under torchrun the
-    training env holds this rank's shard of the meta-batch (see :mod:`meta_rl.distributed`)."""
+    training env holds this rank's shard of the meta-batch (see :mod:`meta_rl.collectives`)."""
     from meta_rl_envs.batched import resolve_device
 
     cfg.apply_num_threads()
     device = resolve_device(cfg.device)
     env_kw = {"horizon": cfg.horizon} if cfg.horizon else {}
-    shard = distributed.context().shard(cfg.meta_batch)
+    shard = collectives.context().shard(cfg.meta_batch)
     env = make_env(
         cfg.env_id, shard.size, cfg.episodes_per_task, str(device), cfg.env_backend, **env_kw
     )
-    distributed.attach_shard(env, shard)
+    shard_env(env, shard)  # the env draws the whole batch's noise, keeps this shard's rows
     eval_env = make_env(
         cfg.env_id, cfg.eval_tasks, cfg.eval_episodes, str(device), cfg.env_backend, **env_kw
     )
@@ -811,12 +536,13 @@ def build_setup(cfg: MetaPGConfig) -> MetaPGSetup:
 def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
     """Meta-train per ``config``; ``run`` (a :class:`meta_rl.runs.Run`, or None) gets metrics
     and checkpoints. Returns the final metrics."""
-    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     cfg = config = dist.sync_config(config)
     setup = build_setup(cfg)
-    device, env, policy, learner = setup.device, setup.env, setup.policy, setup.learner
+    device, env, learner = setup.device, setup.env, setup.learner
     shard = setup.shard
-    fisher_learner, fisher_weight = distributed.fisher_share(learner, shard)
+    fisher_tasks, fisher_weight = shard.first(cfg.fisher_tasks)  # TRPO metric's tasks
+    as_objective = outer_objective(learner)  # plain autograd or a faster drop-in, chosen once
     task_rng, action_gen = setup.task_rng, setup.action_gen
     optimizer = (
         torch.optim.Adam(list(learner.outer_params().values()), lr=cfg.ppo_lr)
@@ -857,7 +583,6 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
         for it in range(start, cfg.iterations):
             step = it + 1
             t0 = time.perf_counter()
-            outer = learner.outer_params()
             T = shard.size  # this rank's tasks
 
             # ---- 1. tasks --------------------------------------------------------------
@@ -865,13 +590,13 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
             env_seed = int(task_rng.integers(2**31 - 1))
 
             # ---- 2-3. support episodes and the inner loop (no meta-graph while sampling) -
-            theta, lr = learner.split({k: v.detach() for k, v in outer.items()})
+            theta, lr = learner.detached()
             params = expand_params(theta, T)
             supports: list[TaskData] = []
             returns_pre = 0.0
             env_steps = 0
             for k in range(cfg.inner_steps):
-                ep = sample_episodes(env, policy, params, action_gen, seed=env_seed + k)
+                ep = setup.sample(params, env_seed + k)
                 env_steps += ep.num_steps()
                 if k == 0:
                     returns_pre = ep.task_returns().mean().item()
@@ -885,42 +610,41 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                 params = {n: v.detach() for n, v in params.items()}
 
             # ---- 4. query episodes with the adapted params ------------------------------
-            ep = sample_episodes(env, policy, params, action_gen, seed=env_seed + cfg.inner_steps)
+            ep = setup.sample(params, env_seed + cfg.inner_steps)
             env_steps += ep.num_steps()
             returns_post = ep.task_returns().mean().item()
             adv = compute_advantages(
                 ep, cfg.gamma, cfg.gae_lambda, cfg.baseline, cfg.normalize_advantages
             )
             query = TaskData.from_episodes(ep, adv)
-            problem = OuterProblem(fisher_learner, supports, query, params)
-            objective = distributed.share_objective(
-                problem.trpo_objective, shard.weight, fisher_weight
-            )
+            problem = OuterProblem(learner, supports, query, params, fisher_tasks)
+            objective = as_objective(problem)
+            if dist.enabled:  # this rank's share, summed over the ranks
+                objective = trpo.Shared(objective, dist.all_reduce, shard.weight, fisher_weight)
 
             # ---- 5. outer update ----------------------------------------------------------
             if cfg.outer == "trpo":
                 info = trpo_step(
-                    outer,
+                    learner.leaves(),
                     objective,
                     max_kl=cfg.max_kl,
                     damping=cfg.cg_damping,
                     cg_iters=cfg.cg_iters,
                     ls_steps=cfg.ls_steps,
                     ls_ratio=cfg.ls_ratio,
-                    reduce=dist.all_reduce if dist.enabled else None,
                 )
                 loss_v, kl_v = info.loss_after, info.kl
                 extra = {"step_fraction": info.step_fraction, "grad_norm": info.grad_norm}
             else:
                 assert optimizer is not None
                 for _ in range(cfg.ppo_epochs):
-                    loss = problem.ppo_loss(outer, cfg.ppo_clip) * shard.weight  # our share
+                    loss = problem.ppo_loss(cfg.ppo_clip) * shard.weight  # our share
                     optimizer.zero_grad()
                     loss.backward()
-                    dist.all_reduce_grads(outer.values())
+                    dist.all_reduce_grads(learner.leaves())
                     optimizer.step()
-                _, kl = objective(outer, False)
-                loss_v, kl_v = dist.all_reduce(torch.stack([loss.detach(), kl.detach()])).tolist()
+                kl = problem.loss_and_kl()[1].detach() * shard.weight
+                loss_v, kl_v = dist.all_reduce(torch.stack([loss.detach(), kl])).tolist()
                 extra = {}
             if not (kl_v <= cfg.abort_kl):  # a NaN KL too; non-finite losses: loop.end_step
                 what = f"the KL exploded (kl={kl_v:.4g} > abort_kl={cfg.abort_kl})"
@@ -950,5 +674,6 @@ def train(config: MAMLConfig, run: Any = None) -> dict[str, float]:
                 metrics["inner_lr_mean"] = float(
                     torch.cat([v.detach().reshape(-1) for v in learner.lrs.values()]).mean()
                 )
-            loop.end_step(run, cfg, step, metrics, outer.values(), setup.evaluate, checkpoint, HINT)
+            leaves = learner.leaves()
+            loop.end_step(run, cfg, step, metrics, leaves, setup.evaluate, checkpoint, HINT)
     return loop.final(metrics, setup.evaluate)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from meta_rl import distributed, loop
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, bounds
 
@@ -122,7 +122,7 @@ def train_oracle_pointnav(config: OracleNavConfig, run: Any = None) -> dict[str,
     # ---- resume ------------------------------------------------------------------------
     start = 0
     keys = ("optimizer", "task_rng", "action_rng")
-    ck = loop.resume(run, distributed.context(), device, policy.state_dict(), keys)
+    ck = loop.resume(run, collectives.context(), device, policy.state_dict(), keys)
     if ck is not None:
         policy.load_state_dict(ck.tensors)
         optimizer.load_state_dict(ck.state["optimizer"])

@@ -24,12 +24,12 @@ from typing import Any
 
 import torch
 
-from meta_rl import distributed, loop
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import bounds
 from meta_rl.core import expand_params, inner_update, reptile_update_
 from meta_rl.rl.maml import MetaPGConfig, TaskData, build_setup
-from meta_rl.rl.rollout import compute_advantages, sample_episodes
+from meta_rl.rl.rollout import compute_advantages
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +53,11 @@ class ReptileConfig(MetaPGConfig):
 def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
     """Meta-train with Reptile; ``run`` (a :class:`meta_rl.runs.Run`, or None) gets metrics and
     checkpoints. Returns the final metrics."""
-    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     cfg = config = dist.sync_config(config)
     setup = build_setup(cfg)
     shard = setup.shard
-    device, env, policy, learner = setup.device, setup.env, setup.policy, setup.learner
+    device, env, learner = setup.device, setup.env, setup.learner
     task_rng, action_gen = setup.task_rng, setup.action_gen
     theta = learner.theta
 
@@ -95,7 +95,7 @@ def train(config: ReptileConfig, run: Any = None) -> dict[str, float]:
             params = expand_params({k: v.detach() for k, v in theta.items()}, T)
             returns, env_steps = [], 0
             for k in range(cfg.inner_steps):
-                ep = sample_episodes(env, policy, params, action_gen, seed=env_seed + k)
+                ep = setup.sample(params, env_seed + k)
                 env_steps += ep.num_steps()
                 returns.append(ep.task_returns().mean().item())
                 adv = compute_advantages(

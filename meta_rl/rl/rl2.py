@@ -33,7 +33,7 @@ from meta_rl_envs.registry import check_id, make_env
 from meta_rl_envs.stats import Estimate, mean_ci95
 from meta_rl_envs.wrappers import BatchedTrialEnv
 
-from meta_rl import distributed, loop
+from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
 from meta_rl.config import BaseConfig, ConfigError, bounds
 from meta_rl.policies import distributions as D
@@ -45,13 +45,14 @@ from meta_rl.policies.recurrent import (
 )
 from meta_rl.rl.ppo import ppo_loss
 from meta_rl.rl.returns import gae
+from meta_rl.rl.rollout import shard_env
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "RL2Config",
     "Trials",
-    "evaluate",
+    "evaluate_trials",
     "make_policy",
     "make_trial_env",
     "reference_returns",
@@ -295,7 +296,7 @@ def rollout(
     return Trials(**{k: torch.stack(v) for k, v in buf.items()})
 
 
-def evaluate(
+def evaluate_trials(
     config: RL2Config,
     policy: RecurrentPolicy,
     env: BatchedTrialEnv,
@@ -331,7 +332,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
     """RL^2 + PPO over whole trials. ``run`` (a :class:`meta_rl.runs.Run` or ``None``) receives
     metrics and checkpoints; returns the final metrics (evaluation and references included)."""
 
-    dist = distributed.context()  # data-parallel ranks (one process: no-ops)
+    dist = collectives.context()  # data-parallel ranks (one process: no-ops)
     config = dist.sync_config(config)
     shard = dist.shard(config.tasks_per_iteration)  # this rank's tasks of each iteration
     config.apply_num_threads()
@@ -339,7 +340,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
 
     # ---- envs, policy, optimizer, generators --------------------------------------------
     env = make_trial_env(config, shard.size, config.envs_per_task, device)
-    distributed.attach_shard(env, shard)
+    shard_env(env, shard)  # the env draws the whole batch's noise, keeps this shard's rows
     eval_env = make_trial_env(config, config.eval_tasks, 1, device)
     eval_env.set_tasks(eval_env.sample_tasks(config.eval_tasks, config.seed + 2, config.eval_split))
     task_rng = np.random.default_rng(config.seed)
@@ -362,7 +363,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
         return policy.state_dict(), state
 
     def evaluation() -> dict[str, float]:
-        res = evaluate(config, policy, eval_env, config.seed + 5)
+        res = evaluate_trials(config, policy, eval_env, config.seed + 5)
         return {"eval_return": res.mean, "eval_ci95": res.ci95}
 
     # ---- resume --------------------------------------------------------------------------
@@ -400,7 +401,7 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
             tasks = env.sample_tasks(config.tasks_per_iteration, task_rng, "train")
             env.set_tasks(shard.take(tasks))
             env.env.reset(seed=int(env_seed_gen.integers(2**31)))
-            noise = shard.noise(action_gen, config.envs_per_task)
+            noise = D.windowed(action_gen, shard.window(config.envs_per_task))
             trials = rollout(env, policy, noise, time_feature=config.time_feature)
             env_steps += env.max_trial_length * num_rows
 
@@ -468,7 +469,8 @@ def train(config: RL2Config, run=None) -> dict[str, float]:
 
     # ---- final evaluation beside the references ------------------------------------------
     final = loop.final(metrics, evaluation)
-    other = evaluate(config, policy, eval_env, config.seed + 5, not config.eval_deterministic)
+    other_mode = not config.eval_deterministic  # the final metrics report both action modes
+    other = evaluate_trials(config, policy, eval_env, config.seed + 5, other_mode)
     tag = "sampled" if config.eval_deterministic else "mode"
     final[f"eval_return_{tag}"], final[f"eval_ci95_{tag}"] = other.mean, other.ci95
     if config.references:

@@ -22,12 +22,14 @@ import torch
 from meta_rl_envs.batched import BatchedTaskEnv
 from torch import Tensor
 
+from meta_rl.collectives import Shard
 from meta_rl.policies import distributions as D
 from meta_rl.policies.mlp import MLPPolicy
 from meta_rl.rl.returns import discounted_returns, fit_linear_baseline, gae
 
 __all__ = [
     "Episodes",
+    "shard_env",
     "sample_episodes",
     "compute_advantages",
 ]
@@ -83,6 +85,24 @@ class Episodes:
         return Episodes(**{k: v.to(device) if isinstance(v, Tensor) else v for k, v in kw.items()})
 
 
+def shard_env(env: BatchedTaskEnv, shard: Shard) -> BatchedTaskEnv:
+    """Make ``env`` (``shard.size`` tasks) draw its per-row noise like rows ``shard`` of a
+    ``shard.total``-task env: sets the ``row_window`` that the batched env (or the Gymnasium
+    vector env) underneath any wrappers declares. Returns ``env``."""
+    if shard.whole:
+        return env
+    inner = env
+    while inner is not None:
+        if any("row_window" in vars(c) for c in type(inner).__mro__):  # declared, not proxied
+            inner.row_window = shard.window(inner.envs_per_task)
+            return env
+        inner = getattr(inner, "env", None)
+    raise ValueError(
+        f"env {type(env).__name__} has no batched env with a row_window underneath; sharding "
+        "the meta-batch needs one (a meta_rl_envs BatchedEnv or meta_rl_envs.vector.VectorTaskEnv)"
+    )
+
+
 @torch.no_grad()
 def sample_episodes(
     env: BatchedTaskEnv,
@@ -92,17 +112,20 @@ def sample_episodes(
     seed: int | None = None,
     horizon: int | None = None,
     deterministic: bool = False,
+    shard: Shard | None = None,
 ) -> Episodes:
     """One episode per row of ``env`` (tasks already set) with ``params`` (stacked ``[T, ...]``
-    per task, or shared). ``seed`` reseeds the env's reset; ``generator`` draws the actions."""
+    per task, or shared). ``seed`` reseeds the env's reset; ``generator`` draws the actions.
+    ``shard``: ``env`` holds this data-parallel shard's tasks of the meta-batch (set up with
+    :func:`shard_env`); the actions then use the whole batch's noise, and the early stop asks
+    every rank."""
     T, E = env.num_tasks, env.envs_per_task
     H = int(horizon if horizon is not None else env.horizon)
     space = policy.action_space
     params = {k: v.detach() for k, v in params.items()}
     obs, _ = env.reset(seed=seed)
-    shard = getattr(env, "shard", None)  # a data-parallel shard (meta_rl.distributed)
     if shard is not None:
-        generator = shard.noise(generator)
+        generator = D.windowed(generator, shard.window())
     alive = torch.ones(env.num_envs, dtype=torch.bool, device=obs.device)
     rec: dict[str, list[Tensor]] = {k: [] for k in ("obs", "act", "logp", "rew", "term", "mask")}
     for t in range(H):

@@ -1,19 +1,21 @@
-"""Trust-region policy optimisation (Schulman et al. 2015) over a dict of parameters.
+"""Trust-region policy optimisation (Schulman et al. 2015) over a list of parameter tensors.
 
-The step is problem-agnostic: it sees the parameters only through ``objective(params, second_order)
--> (loss, kl)``, the surrogate loss to *minimise* and the mean KL between the sampling policy
-and the policy at ``params`` (zero at the current params). For MAML-TRPO the objective adapts the
-meta-params on each task's support data first, so the Fisher-vector products differentiate
-through the inner update (second order; ``second_order=False`` asks for a cheap evaluation,
-e.g. during the line search).
+The step is problem-agnostic: it sees the objective only through the :class:`Objective`
+interface, at the current values of the parameters it updates in place:
 
-1. ``g = d loss / d params`` (or as the objective returns it: :class:`LossWithGrad`);
-   Fisher-vector products ``F v = d/dparams (d kl/dparams . v)``, or,
-   when the objective returns a :class:`GaussNewtonKL` instead of the KL, the equal
-   Gauss-Newton form ``F v = J^T M J v`` (see there; one Jacobian-vector and one vector-Jacobian
-   product per CG iteration instead of a double backward of the KL's gradient); or, when it
-   returns a :class:`FisherProduct`, that product as given (e.g. computed piecewise through
-   the inner update, see ``meta_rl.rl.maml.OuterProblem.fisher_product``).
+- ``local_model()``: the surrogate loss to *minimise*, its gradient (flat, ordered like the
+  parameters) and ``fvp(v)``, the product of TRPO's metric (the Hessian of the mean KL between
+  the sampling policy and the policy at the parameters, i.e. the Fisher) with a flat vector;
+- ``loss_and_kl()``: the loss and that KL as plain values (no graph), for the line search.
+
+How the objective forms them is its own business: :class:`KLObjective` differentiates a plain
+``(loss, kl)`` function with autograd (the KL's Hessian by double backward,
+:func:`hessian_fvp`); MAML-TRPO's outer objective (``meta_rl.rl.maml.OuterProblem`` and its
+faster drop-ins in ``meta_rl.rl.maml_fast``) adapts on each task's support data first, so its
+products go through the inner update. Data-parallel training wraps the objective in
+:class:`Shared` (this rank's share, summed over the ranks).
+
+1. ``loss, g, fvp = objective.local_model()``.
 2. Conjugate gradient solves ``F x = -g`` in ``cg_iters`` products (``damping`` added).
 3. Scale ``x`` to the KL boundary: ``step = sqrt(2 max_kl / x^T F x) * x`` (``F x = -g - r``
    from CG's residual ``r``: no extra product).
@@ -24,65 +26,50 @@ e.g. during the line search).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 __all__ = [
+    "LocalModel",
+    "Objective",
+    "KLObjective",
+    "Shared",
     "TRPOInfo",
-    "GaussNewtonKL",
-    "FisherProduct",
-    "LossWithGrad",
     "conjugate_gradient",
     "trpo_step",
-    "loss_and_grad",
-    "fisher_vector_product",
     "hessian_fvp",
     "gauss_newton_fvp",
+    "flat_grad",
     "flat",
-    "unflat",
 ]
 
 
 @dataclass
-class GaussNewtonKL:
-    """The KL's Hessian at the sampling params in Gauss-Newton form ``J^T M J``.
+class LocalModel:
+    """What a TRPO step needs of its objective at the current params: the loss (a scalar
+    without graph), its gradient (flat, ordered like the params) and ``fvp(v) -> F v``, the
+    metric's product with a flat vector (no damping: the step adds it)."""
 
-    At the sampling params the KL is at its minimum (zero, zero gradient w.r.t. the action
-    distribution's parameters), so its Hessian w.r.t. the optimised params is exactly
-    ``J^T M J``: ``J`` the Jacobian of the distribution parameters ``outputs`` (e.g. mean and
-    log-std, with their graph to the params) and ``M`` the KL's Hessian in those parameters
-    (the distribution's Fisher, scaled by how the KL averages samples). ``metric`` maps tangent
-    vectors shaped like ``outputs`` to ``M`` times them. ``kl`` is the KL's value (a float)."""
-
-    outputs: list[Tensor]
-    metric: Callable[[list[Tensor]], list[Tensor]]
-    kl: float = 0.0
-
-
-@dataclass
-class FisherProduct:
-    """TRPO's metric as a ready product ``matvec(v) -> F v`` on flat vectors (ordered like the
-    params passed to :func:`trpo_step`; no damping: the step adds it). ``kl`` is the KL's
-    value (a float)."""
-
-    matvec: Callable[[Tensor], Tensor]
-    kl: float = 0.0
-
-
-@dataclass
-class LossWithGrad:
-    """A second-order objective's loss whose gradient the objective computed itself: ``value``
-    (a scalar without graph) and ``grad`` (flat, ordered like the params)."""
-
-    value: Tensor
+    loss: Tensor
     grad: Tensor
+    fvp: Callable[[Tensor], Tensor]
 
 
-Metric = "Tensor | GaussNewtonKL | FisherProduct"
-Objective = Callable[[dict[str, Tensor], bool], tuple["Tensor | LossWithGrad", Metric]]
+class Objective(Protocol):
+    """A TRPO objective at the current values of the parameters the step updates."""
+
+    def local_model(self) -> LocalModel:
+        """Loss, gradient and Fisher-vector product (the second-order graph, if any, lives as
+        long as the returned model)."""
+        ...
+
+    def loss_and_kl(self) -> tuple[Tensor, Tensor]:
+        """The loss and the mean KL from the sampling policy, as cheap values (line search)."""
+        ...
 
 
 @dataclass
@@ -97,17 +84,8 @@ class TRPOInfo:
     grad_norm: float
 
 
-def flat(tensors: list[Tensor]) -> Tensor:
+def flat(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
-
-
-def unflat(vector: Tensor, like: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    out, i = {}, 0
-    for k, v in like.items():
-        n = v.numel()
-        out[k] = vector[i : i + n].view_as(v)
-        i += n
-    return out
 
 
 def conjugate_gradient(
@@ -138,30 +116,40 @@ def _conjugate_gradient(
     return x, r
 
 
-def _grads(out: Tensor, leaves: list[Tensor], **kw) -> Tensor:
-    gs = torch.autograd.grad(out, leaves, allow_unused=True, **kw)
+def flat_grad(out: Tensor, leaves: Sequence[Tensor], **kw) -> Tensor:
+    """``d out / d leaves`` as one flat vector (zeros for leaves ``out`` does not use)."""
+    gs = torch.autograd.grad(out, list(leaves), allow_unused=True, **kw)
     return flat([torch.zeros_like(v) if g is None else g for v, g in zip(leaves, gs, strict=True)])
 
 
-def hessian_fvp(kl: Tensor, leaves: list[Tensor], damping: float) -> Callable[[Tensor], Tensor]:
-    """``v -> (d^2 kl / d leaves^2) v + damping v`` by double backward of the KL's gradient."""
-    kl_grad = _grads(kl, leaves, create_graph=True)
+def hessian_fvp(kl: Tensor, leaves: Sequence[Tensor]) -> Callable[[Tensor], Tensor]:
+    """``v -> (d^2 kl / d leaves^2) v`` by double backward of the KL's gradient."""
+    kl_grad = flat_grad(kl, leaves, create_graph=True)
 
     def fvp(v: Tensor) -> Tensor:
-        return _grads(kl_grad.dot(v), leaves, retain_graph=True) + damping * v
+        return flat_grad(kl_grad.dot(v), leaves, retain_graph=True)
 
     return fvp
 
 
 def gauss_newton_fvp(
-    gn: GaussNewtonKL, leaves: list[Tensor], damping: float
+    outputs: Sequence[Tensor],
+    metric: Callable[[list[Tensor]], list[Tensor]],
+    leaves: Sequence[Tensor],
 ) -> Callable[[Tensor], Tensor]:
-    """``v -> J^T M J v + damping v`` (see :class:`GaussNewtonKL`).
+    """``v -> J^T M J v``: the KL's Hessian at the sampling params in Gauss-Newton form.
+
+    At the sampling params the KL is at its minimum (zero, zero gradient w.r.t. the action
+    distribution's parameters), so its Hessian w.r.t. the optimised params is exactly
+    ``J^T M J``: ``J`` the Jacobian of the distribution parameters ``outputs`` (e.g. mean and
+    log-std, with their graph to ``leaves``) and ``M`` the KL's Hessian in those parameters
+    (the distribution's Fisher, scaled by how the KL averages samples); ``metric`` maps tangent
+    vectors shaped like ``outputs`` to ``M`` times them.
 
     ``J v`` by the double-vjp trick: ``u(w) = J^T w`` is built once (linear in a dummy ``w``),
     then ``J v = d(u(w) . v)/dw``, a backward through ``u``'s graph that touches only the
     linear (first-derivative) part; ``J^T (M J v)`` is a plain backward through ``outputs``."""
-    outs = gn.outputs
+    outs, leaves = list(outputs), list(leaves)
     ws = [torch.zeros_like(o, requires_grad=True) for o in outs]
     jt_w = torch.autograd.grad(outs, leaves, grad_outputs=ws, create_graph=True, allow_unused=True)
     live = [i for i, g in enumerate(jt_w) if g is not None]
@@ -174,94 +162,84 @@ def gauss_newton_fvp(
             [jt_w[i] for i in live], ws, grad_outputs=vs, retain_graph=True, allow_unused=True
         )
         jv = [torch.zeros_like(o) if g is None else g for o, g in zip(outs, jv, strict=True)]
-        mjv = gn.metric(jv)
-        return _grads_out(outs, leaves, mjv) + damping * v
+        gs = torch.autograd.grad(
+            outs, leaves, grad_outputs=metric(jv), retain_graph=True, allow_unused=True
+        )
+        return flat(
+            [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, gs, strict=True)]
+        )
 
     return fvp
 
 
-def _grads_out(outs: list[Tensor], leaves: list[Tensor], grad_outputs: list[Tensor]) -> Tensor:
-    gs = torch.autograd.grad(
-        outs, leaves, grad_outputs=grad_outputs, retain_graph=True, allow_unused=True
-    )
-    return flat([torch.zeros_like(v) if g is None else g for v, g in zip(leaves, gs, strict=True)])
+class KLObjective:
+    """The plain TRPO objective of a function ``fn(second_order) -> (loss, kl)`` evaluated at
+    the current values of ``leaves`` (``second_order=False``: cheap values, e.g. without a
+    graph): gradient by autograd, the metric by double backward of the KL (:func:`hessian_fvp`)."""
+
+    def __init__(
+        self, fn: Callable[[bool], tuple[Tensor, Tensor]], leaves: Sequence[Tensor]
+    ) -> None:
+        self.fn, self.leaves = fn, list(leaves)
+
+    def local_model(self) -> LocalModel:
+        loss, kl = self.fn(True)
+        grad = flat_grad(loss, self.leaves, retain_graph=True)  # the KL may share its graph
+        return LocalModel(loss.detach(), grad, hessian_fvp(kl, self.leaves))
+
+    def loss_and_kl(self) -> tuple[Tensor, Tensor]:
+        return self.fn(False)
 
 
-def fisher_vector_product(
-    metric: Tensor | GaussNewtonKL | FisherProduct, leaves: list[Tensor], damping: float
-) -> Callable[[Tensor], Tensor]:
-    """``v -> F v + damping v`` for any of the metric forms an objective may return."""
-    if isinstance(metric, FisherProduct):
-        matvec = metric.matvec
-        return lambda v: matvec(v) + damping * v
-    if isinstance(metric, GaussNewtonKL):
-        return gauss_newton_fvp(metric, leaves, damping)
-    return hessian_fvp(metric, leaves, damping)
+@dataclass
+class Shared:
+    """Data-parallel: one rank's ``local`` objective is its additive share of the global one,
+    and ``reduce`` sums a tensor over the ranks (``Context.all_reduce``). The loss, its gradient
+    and the line-search KL (means over the meta-batch's tasks) weigh ``loss_weight`` (this
+    rank's share of the tasks), the Fisher-vector products (a mean over the Fisher's tasks)
+    ``fisher_weight`` (its share of those; 0: it holds none, and adds nothing); the sums are
+    the same on every rank, so every rank takes the same step."""
 
+    local: Objective
+    reduce: Callable[[Tensor], Tensor]
+    loss_weight: float
+    fisher_weight: float
 
-def loss_and_grad(
-    leaves: list[Tensor], objective: Objective, params: Mapping[str, Tensor]
-) -> tuple[Tensor, Tensor, Tensor | GaussNewtonKL | FisherProduct]:
-    """(loss, flat gradient, the metric) of the second-order objective at the current params."""
-    loss, metric = objective(dict(params), True)
-    if isinstance(loss, LossWithGrad):
-        return loss.value.detach(), loss.grad, metric
-    g = _grads(loss, leaves, retain_graph=isinstance(metric, Tensor))
-    return loss.detach(), g, metric
+    def local_model(self) -> LocalModel:
+        model, reduce = self.local.local_model(), self.reduce
+        w, fw = self.loss_weight, self.fisher_weight
 
+        def fvp(v: Tensor) -> Tensor:
+            return reduce(model.fvp(v) * fw if fw else torch.zeros_like(v))
 
-def _natural_direction(
-    leaves: list[Tensor],
-    objective: Objective,
-    params: Mapping[str, Tensor],
-    damping: float,
-    cg_iters: int,
-    reduce: Callable[[Tensor], Tensor] | None = None,
-) -> tuple[float, Tensor, Tensor, float]:
-    """(loss, gradient, CG solution of F x = -g, 0.5 x^T F x) at the current params."""
-    loss, g, metric = loss_and_grad(leaves, objective, params)
-    if reduce is None:
-        fvp = fisher_vector_product(metric, leaves, damping)
-    else:  # data-parallel: sum the ranks' shares (see meta_rl.distributed)
-        loss, g = reduce(loss), reduce(g)
-        local = None if metric is None else fisher_vector_product(metric, leaves, 0.0)
+        return LocalModel(reduce(model.loss * w), reduce(model.grad * w), fvp)
 
-        def fvp(v: Tensor) -> Tensor:  # a rank without Fisher tasks (metric None) adds 0
-            return reduce(torch.zeros_like(v) if local is None else local(v)) + damping * v
-
-    # F x = b - r (CG's residual recursion), so x^T F x needs no further product
-    direction, residual = _conjugate_gradient(fvp, -g, cg_iters, 1e-10)
-    shs = 0.5 * direction.dot(-g - residual).item()
-    return loss.item(), g, direction.detach(), shs
+    def loss_and_kl(self) -> tuple[Tensor, Tensor]:
+        loss, kl = self.local.loss_and_kl()
+        both = self.reduce(torch.stack([loss.detach(), kl.detach()]) * self.loss_weight)
+        return both[0], both[1]
 
 
 def trpo_step(
-    params: Mapping[str, Tensor],
+    params: Sequence[Tensor],
     objective: Objective,
     max_kl: float = 0.01,
     damping: float = 1e-5,
     cg_iters: int = 10,
     ls_steps: int = 15,
     ls_ratio: float = 0.8,
-    reduce: Callable[[Tensor], Tensor] | None = None,
 ) -> TRPOInfo:
-    """One TRPO update of the leaf tensors ``params`` in place (see the module docstring).
-
-    ``reduce`` (data-parallel training) sums a tensor over the ranks: ``objective`` then returns
-    this rank's additive share of the loss and KL, and the gradient, the Fisher-vector products
-    and the line search's loss and KL are summed, so every rank takes the same step."""
+    """One TRPO update of the leaf tensors ``params`` in place (see the module docstring);
+    ``objective`` is evaluated at their current values."""
     if max_kl <= 0:
         raise ValueError(f"max_kl={max_kl} must be > 0")
-    names = list(params)
-    leaves = [params[k] for k in names]
-    for k, v in params.items():
+    leaves = list(params)
+    for i, v in enumerate(leaves):
         if not v.requires_grad:
-            raise ValueError(f"params[{k!r}] must require grad (a leaf the step updates)")
+            raise ValueError(f"params[{i}] must require grad (a leaf the step updates)")
 
     # ---- natural gradient direction by conjugate gradient (second-order graph freed after) ---
-    loss_before, g, direction, shs = _natural_direction(
-        leaves, objective, params, damping, cg_iters, reduce
-    )
+    loss_before, g, direction, shs = _natural_direction(objective, damping, cg_iters)
     if not math.isfinite(shs) or shs <= 0:
         return TRPOInfo(loss_before, loss_before, 0.0, 0.0, g.norm().item())
     full_step = direction * math.sqrt(max_kl / shs)
@@ -270,18 +248,36 @@ def trpo_step(
     old = flat([v.detach() for v in leaves]).clone()
     frac = 1.0
     for _ in range(ls_steps):
-        trial = unflat(old + frac * full_step, params)
-        with torch.no_grad():
-            for k in names:
-                params[k].copy_(trial[k])
-        new_loss, new_kl = objective(dict(params), False)
-        if reduce is not None:
-            new_loss, new_kl = reduce(torch.stack([new_loss.detach(), new_kl.detach()]))
+        _assign(leaves, old + frac * full_step)
+        new_loss, new_kl = objective.loss_and_kl()
         new_loss_v, new_kl_v = new_loss.item(), new_kl.item()
         if math.isfinite(new_loss_v) and new_loss_v < loss_before and new_kl_v <= max_kl:
             return TRPOInfo(loss_before, new_loss_v, new_kl_v, frac, g.norm().item())
         frac *= ls_ratio
-    with torch.no_grad():  # no acceptable step: restore
-        for k, v in unflat(old, params).items():
-            params[k].copy_(v)
+    _assign(leaves, old)  # no acceptable step: restore
     return TRPOInfo(loss_before, loss_before, 0.0, 0.0, g.norm().item())
+
+
+def _natural_direction(
+    objective: Objective, damping: float, cg_iters: int
+) -> tuple[float, Tensor, Tensor, float]:
+    """(loss, gradient, CG solution of F x = -g, 0.5 x^T F x) at the current params."""
+    model = objective.local_model()
+    g, fvp = model.grad, model.fvp
+
+    def damped(v: Tensor) -> Tensor:
+        return fvp(v) + damping * v
+
+    # F x = b - r (CG's residual recursion), so x^T F x needs no further product
+    direction, residual = _conjugate_gradient(damped, -g, cg_iters, 1e-10)
+    shs = 0.5 * direction.dot(-g - residual).item()
+    return model.loss.item(), g, direction.detach(), shs
+
+
+def _assign(leaves: list[Tensor], vector: Tensor) -> None:
+    with torch.no_grad():
+        i = 0
+        for v in leaves:
+            n = v.numel()
+            v.copy_(vector[i : i + n].view_as(v))
+            i += n

@@ -1,4 +1,11 @@
-"""Data-parallel meta-training over ``torch.distributed`` (launched by ``torchrun``).
+"""Collectives for data-parallel meta-training over ``torch.distributed`` (torchrun).
+
+A leaf: this module imports torch and the standard library only, never ``meta_rl``. The launch
+(``torchrun -m meta_rl ...``: rank 0 runs the command, the other ranks follow) is
+:mod:`meta_rl.launch`; the trainers use what is here: a :class:`Context` (rank, world size,
+all-reduces, broadcasts) and the :class:`Shard` of the meta-batch this rank holds, which they
+pass on explicitly to whatever samples episodes (``sample_episodes(..., shard=shard)``, the
+action noise, ``rl.rollout.shard_env`` for the env's own noise).
 
 The meta-batch of tasks is split into contiguous shards, one per rank; every rank samples its
 shard's episodes, computes its share of the outer objective, and the shares are summed with
@@ -15,28 +22,28 @@ What is synchronised (and why N ranks give the same meta-update as one process):
   keeps its shard (:meth:`Shard.take`); generators not tied to rows (tasks, env seeds, PPO
   minibatch permutations) stay identical on every rank.
 - **Per-row noise** (env transitions, actions): a shard draws the *whole batch's* noise and
-  keeps its rows (:meth:`Shard.noise` for actions, ``row_window`` on batched envs, per-row
-  reset seeds on Gymnasium vector envs), so row ``r`` sees exactly the numbers it would see in
-  one process. The cost is drawing ``total`` instead of ``size`` rows of noise, negligible next
-  to the policy's forward; the random stream of a single process is unchanged.
+  keeps its rows (:meth:`Shard.window` gives the rows: ``policies.distributions.windowed`` for
+  actions, ``row_window`` on batched envs, per-row reset seeds on Gymnasium vector envs), so
+  row ``r`` sees exactly the numbers it would see in one process. The cost is drawing
+  ``total`` instead of ``size`` rows of noise, negligible next to the policy's forward; the
+  random stream of a single process is unchanged.
 - **Objectives**: a shard's loss is its weighted share of the mean over tasks (``size / total``,
   :attr:`Shard.weight`); gradients, TRPO's Fisher-vector products and line-search values are
   summed over ranks (:meth:`Context.all_reduce`, :meth:`Context.all_reduce_grads`). Ranks then
   take identical decisions (CG stops, line-search acceptance, divergence checks).
 - **Few-shot episodes** (ProtoNet, Siamese, MANN): whole episodes are the shard's rows (the
   Conv-4 normalises per episode under ``vmap``, so episodes never see each other); a ProtoNet /
-  Siamese ``meta_batch`` of 1 splits the episode's images instead, with
-  :class:`meta_rl.fewshot.models.SyncBatchNorm2d` and all-reduced embeddings; a MANN sequence
-  is never split (``batch_size >= ranks``).
+  Siamese ``meta_batch`` of 1 splits the episode's images instead, with a synchronised
+  BatchNorm and all-reduced embeddings; a MANN sequence is never split (``batch_size >= ranks``).
 - **Early stops**: a rollout that stops when all episodes are over asks all ranks
-  (:meth:`Context.any`), so every rank draws the same amount of noise.
+  (:meth:`Shard.any`), so every rank draws the same amount of noise.
 - **Parameters** are broadcast from rank 0 at the start (and after a resume), the config is
   rank 0's (:meth:`Context.sync_config`), and only rank 0 has a run folder: it writes
   config, metrics, TensorBoard events, checkpoints, logs and the progress bar; other ranks get
   ``run=None`` and read a resumed checkpoint through rank 0 (:meth:`Context.load_last`).
 
 Failures: collectives time out after ``META_RL_DIST_TIMEOUT`` seconds (default 300) and a rank
-that dies makes ``torchrun``'s agent stop the others; see :func:`main`.
+that dies makes ``torchrun``'s agent stop the others; see :mod:`meta_rl.launch`.
 """
 
 from __future__ import annotations
@@ -44,9 +51,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
-import signal
-import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +60,16 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Shard", "Context", "DistributedError", "context", "init", "shutdown", "main"]
+__all__ = [
+    "Shard",
+    "Context",
+    "DistributedError",
+    "context",
+    "init",
+    "shutdown",
+    "launched",
+    "pending",
+]
 
 TIMEOUT_ENV = "META_RL_DIST_TIMEOUT"
 
@@ -111,15 +125,20 @@ class Shard:
             return batch[self.start : self.stop]
         return batch
 
-    def noise(self, generator: torch.Generator | None, rows_per_task: int = 1) -> Any:
-        """``generator`` for an action sampler whose leading axis is this shard's tasks
-        (``rows_per_task=1``, e.g. ``[T, E, ...]`` heads) or rows (``rows_per_task=E``, e.g.
-        ``[T * E, ...]`` heads): the whole batch's noise is drawn and this shard's part kept."""
-        if self.whole or generator is None:
-            return generator
-        from meta_rl.policies.distributions import RowWindow
+    def window(self, rows_per_task: int = 1) -> tuple[int, int] | None:
+        """``(first_row, total_rows)`` of this shard's rows in the whole batch, for rows laid out
+        task-major with ``rows_per_task`` rows per task (``None``: the shard is the whole batch).
+        A sampler draws the noise of ``total_rows`` rows and keeps rows ``first_row, ...``."""
+        if self.whole:
+            return None
+        return self.start * rows_per_task, self.total * rows_per_task
 
-        return RowWindow(generator, self.start * rows_per_task, self.total * rows_per_task)
+    def first(self, k: int) -> tuple[int, float]:
+        """How many of the batch's first ``k`` tasks (0: all) are this shard's (its first ones:
+        shards are contiguous; 0: none) and its share of a mean over those ``k`` tasks."""
+        k = min(k or self.total, self.total)
+        mine = max(0, min(k, self.stop) - self.start)
+        return mine, mine / k
 
     def rows(self, global_rows: Tensor, rows_per_task: int = 1) -> Tensor:
         """The rows of ``global_rows`` (indices into the whole batch's ``total * rows_per_task``
@@ -135,86 +154,6 @@ class Shard:
         if self.context is None:
             return bool(flags.any())
         return self.context.any(flags)
-
-
-def fisher_share(learner: Any, shard: Shard) -> tuple[Any, float]:
-    """MAML-TRPO's Fisher uses the first ``fisher_tasks`` tasks of the meta-batch (0: all).
-    Returns ``(learner, weight)``: a view of ``learner`` whose config makes this shard's outer
-    problem use exactly its tasks among those (its first ones: shards are contiguous), and this
-    shard's share of the Fisher's mean over them (0.0: none of them are this shard's)."""
-    import copy
-    import dataclasses
-
-    cfg = learner.config
-    k = cfg.fisher_tasks or shard.total
-    mine = max(0, min(k, shard.stop) - shard.start)
-    if shard.whole:
-        return learner, 1.0
-    view = copy.copy(learner)  # same parameters, another config
-    # 0: all of this shard's tasks; a shard without any still builds a (discarded) 1-task Fisher
-    local = 0 if mine == shard.size else max(mine, 1)
-    view.config = dataclasses.replace(cfg, fisher_tasks=local)
-    return view, mine / k
-
-
-def share_objective(objective: Any, loss_weight: float, fisher_weight: float) -> Any:
-    """A TRPO objective ``(params, second_order) -> (loss, kl)`` of one shard, scaled to its
-    additive share of the global objective: the loss and the line-search KL (means over all
-    tasks) by ``loss_weight``, the second-order KL (TRPO's metric, a mean over the Fisher's
-    tasks) by ``fisher_weight``; ``None`` instead of a KL when the shard has no Fisher tasks."""
-    import dataclasses
-
-    from meta_rl.rl.trpo import GaussNewtonKL
-
-    def scaled(loss: Any) -> Any:
-        if isinstance(loss, Tensor):
-            return loss * loss_weight
-        # a loss with its own gradient (trpo.LossWithGrad)
-        return dataclasses.replace(
-            loss, value=loss.value * loss_weight, grad=loss.grad * loss_weight
-        )
-
-    def shared(params: Any, second_order: bool) -> tuple[Any, Any]:
-        loss, kl = objective(params, second_order)
-        loss = scaled(loss)
-        if not second_order:
-            return loss, kl * loss_weight
-        if fisher_weight == 0.0:
-            return loss, None
-        if isinstance(kl, GaussNewtonKL):
-            metric = kl.metric
-            kl = GaussNewtonKL(
-                kl.outputs, lambda vs: [fisher_weight * m for m in metric(vs)], kl.kl
-            )
-        elif hasattr(kl, "matvec"):  # a ready Fisher-vector product (trpo.FisherProduct)
-            matvec = kl.matvec
-            kl = dataclasses.replace(kl, matvec=lambda v: fisher_weight * matvec(v))
-        else:
-            kl = kl * fisher_weight
-        return loss, kl
-
-    return shared
-
-
-def attach_shard(env: Any, shard: Shard) -> Any:
-    """Make ``env`` (``shard.size`` tasks) draw its per-row noise like rows ``shard`` of a
-    ``shard.total``-task env: sets ``env.shard`` (read by
-    :func:`meta_rl.rl.rollout.sample_episodes`) and ``row_window`` on the batched env (or the
-    Gymnasium vector env) underneath any wrappers. Returns ``env``."""
-    if shard.whole:
-        return env
-    env.shard = shard
-    inner = env
-    while inner is not None:
-        if any("row_window" in vars(c) for c in type(inner).__mro__):  # declared, not proxied
-            per = inner.envs_per_task
-            inner.row_window = (shard.start * per, shard.total * per)
-            return env
-        inner = getattr(inner, "env", None)
-    raise DistributedError(
-        f"env {type(env).__name__} has no batched env with a row_window underneath; sharding "
-        "the meta-batch needs one (a meta_rl_envs BatchedEnv or meta_rl.rl.rollout.VectorTaskEnv)"
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -306,10 +245,8 @@ class Context:
     def normalize_advantages(self, adv: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
         """``(adv - mean) / (std + eps)`` with the mean and (unbiased) std of the elements on all
         ranks, and this rank's share ``n_local / n_total`` of them (a 0-dim tensor)."""
-        from meta_rl.rl.ppo import normalize_advantages
-
-        if not self.enabled:
-            return normalize_advantages(adv, eps), torch.ones((), device=adv.device)
+        if not self.enabled:  # as meta_rl.rl.ppo.normalize_advantages
+            return (adv - adv.mean()) / (adv.std() + eps), torch.ones((), device=adv.device)
         # one all-reduce of (count, sum, sum of squares), accumulated in float64
         a = adv.detach().to(torch.float64)
         n = torch.tensor(float(adv.numel()), dtype=torch.float64, device=adv.device)
@@ -442,132 +379,3 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
     _CONTEXT = Context()
-
-
-# --------------------------------------------------------------------------------------------
-# Entry point for `torchrun -m meta_rl ...`
-# --------------------------------------------------------------------------------------------
-# trainers that shard the meta-batch (the others would only repeat rank 0's work)
-DATA_PARALLEL = frozenset(
-    {
-        "meta_rl.rl.maml:train",
-        "meta_rl.rl.reptile:train",
-        "meta_rl.rl.rl2:train",
-        "meta_rl.fewshot.gradient:train",
-        "meta_rl.fewshot.metric:train_protonet",  # splits the meta_batch of episodes
-        "meta_rl.fewshot.metric:train_siamese",
-        "meta_rl.fewshot.mann:train",  # splits the batch_size sequences
-    }
-)
-
-
-def _trainer_path(preset: str | None) -> str | None:
-    from meta_rl.presets import PRESETS
-
-    return PRESETS[preset].trainer if preset in PRESETS else None
-
-
-def _train_preset(argv: Sequence[str]) -> str | None:
-    """Rank 0: the preset a ``train`` command line runs (``None``: not a train command, or one
-    the CLI will reject with a message)."""
-    from pathlib import Path
-
-    from meta_rl.cli import _read_spec, build_parser
-    from meta_rl.runs import CONFIG_FILE, read_run
-
-    try:
-        args, _ = build_parser().parse_known_args(list(argv))
-        if args.command != "train":
-            return None
-        if args.spec:
-            return _read_spec(args.spec)[0]
-        if args.out and (Path(args.out) / CONFIG_FILE).exists():
-            return read_run(args.out)["preset"]
-    except (SystemExit, Exception):  # the CLI reports it on rank 0
-        return None
-    return None
-
-
-def _follower(preset: str | None) -> int:
-    """Rank > 0: train ``preset`` without a run folder. The config is rank 0's (synced by the
-    trainer), so no file of rank 0's command line (YAML, run folder) has to exist here."""
-    from meta_rl.cli import _user_error_types
-    from meta_rl.presets import get_preset
-
-    if preset is None:
-        return 0
-    p = get_preset(preset)
-    try:
-        p.load_trainer()(p.make_config(), None)
-    except _user_error_types():  # the same error stops rank 0, which reports it
-        return 2
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m meta_rl``: the CLI, joined to a process group when started by torchrun.
-
-    Rank 0 runs the command as usual (it alone writes the run folder); ranks > 0 of ``train``
-    run the same trainer without a run folder. Other commands run on rank 0 only. A failure in
-    a collective (a peer died or hung past the timeout) ends this rank with status 1 and a
-    message; torchrun's agent then stops the remaining ranks with SIGTERM, which ends each of
-    them the same way (files are written atomically, so the last checkpoint is whole)."""
-    from meta_rl.cli import main as cli_main
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not pending():
-        return cli_main(argv)
-    ctx = init()
-    signal.signal(signal.SIGTERM, _raise_stopped)
-    try:
-        preset = ctx.broadcast_object(_train_preset(argv) if ctx.is_main else None)
-        trainer = _trainer_path(preset)
-        if trainer is not None and trainer not in DATA_PARALLEL:
-            if ctx.is_main:
-                print(
-                    f"meta-rl: error: preset {preset!r} (trainer {trainer}) has no data-parallel "
-                    f"training; run it without torchrun. Data-parallel trainers: "
-                    f"{', '.join(sorted(DATA_PARALLEL))}",
-                    file=sys.stderr,
-                )
-            return 2
-        if ctx.is_main:
-            return cli_main(argv)
-        logging.getLogger("meta_rl").setLevel(logging.WARNING)
-        return _follower(preset)
-    except (RuntimeError, OSError) as err:
-        if isinstance(err, RankStopped):
-            why = str(err)
-        elif _is_comm_error(err):
-            first = str(err).splitlines()[0] if str(err) else ""
-            why = f"lost contact with the other ranks ({type(err).__name__}: {first})"
-        else:
-            raise
-        print(
-            f"meta-rl: error: rank {ctx.rank} of {ctx.world_size} {why}; the job stops. "
-            "Continue from the last checkpoint with the same command and --resume.",
-            file=sys.stderr,
-        )
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        shutdown()
-
-
-class RankStopped(RuntimeError):
-    """This rank was told to stop (SIGTERM: torchrun stops every rank once one has failed)."""
-
-
-def _raise_stopped(signum: int, frame: Any) -> None:
-    raise RankStopped(
-        f"was stopped by {signal.Signals(signum).name} (torchrun stops every rank once one fails)"
-    )
-
-
-def _is_comm_error(err: BaseException) -> bool:
-    import torch.distributed as dist
-
-    if isinstance(err, getattr(dist, "DistError", ())):
-        return True
-    text = str(err).lower()
-    return any(s in text for s in ("gloo", "nccl", "connection reset", "timed out", "broken pipe"))
