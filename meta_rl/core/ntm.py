@@ -282,8 +282,9 @@ class NTMCore(nn.Module):
     - ``bounded=True``: the interface outputs are clipped to +-20 and the keys and add vectors
       pass through tanh (``False``: as they come, as the reference).
 
-    On the copy task the reference choices learn about as fast but collapse again and again
-    after learning (notes/ntm.md); these defaults stay learned.
+    On the copy task (:mod:`meta_rl.fewshot.ntm_copy`) the reference choices learned about as
+    fast in our runs but then fell back to chance for thousands of sequences; with these
+    defaults the failures that remain are short bursts.
     """
 
     def __init__(

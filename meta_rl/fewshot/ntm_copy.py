@@ -82,8 +82,8 @@ class CopyTaskConfig(BaseConfig):
     reference PyTorch NTM)"""
     bounded: bool = True
     """clip the controller's interface outputs to +-20, tanh on keys and add vectors (Collier
-    & Beel 2018); False: as the reference (which collapses again and again once it has learned
-    in our runs, see notes/ntm.md)"""
+    & Beel 2018); False: as the reference (in our runs it learned as fast, then fell back to
+    chance for thousands of sequences)"""
     lr: float = field(default=1e-4, metadata=bounds(gt=0))
     """RMSprop learning rate"""
     momentum: float = field(default=0.9, metadata=bounds(ge=0, lt=1))
