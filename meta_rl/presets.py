@@ -341,6 +341,19 @@ PRESETS: dict[str, Preset] = {
             "RL^2 with a memory-augmented policy (GRU controller + LRUA memory), bandits n=10",
         ),
         _rl2(
+            "rl2-ntm-bandits",
+            {
+                **_BANDIT,
+                "policy": "ntm",
+                "episodes_per_trial": 10,
+                "hidden_size": 64,
+                "lr": 0.003,
+                "tasks_per_iteration": 256,
+                "iterations": 300,
+            },
+            "RL^2 with a Neural Turing Machine policy (GRU controller + NTM memory), bandits n=10",
+        ),
+        _rl2(
             "rl2-mann-pointnav",
             {
                 **_NAV,
