@@ -162,8 +162,9 @@ def shift(weights: Tensor, kernel: Tensor) -> Tensor:
 def sharpen(weights: Tensor, gamma: Tensor) -> Tensor:
     """``w^gamma / sum w^gamma`` over slots: ``weights`` [B, H, S], ``gamma`` [B, H] (>= 1)."""
     # scaled by the peak first (the result is the same): then the sum is >= 1, and a large
-    # gamma cannot underflow every weight to zero
-    peak = weights.amax(-1, keepdim=True).clamp_min(_TINY)
+    # gamma cannot underflow every weight to zero. The result does not depend on the scale, so
+    # no gradient goes through the peak (a detached constant: no amax in the backward pass)
+    peak = weights.detach().amax(-1, keepdim=True).clamp_min(_TINY)
     powered = (weights / peak).pow(gamma.unsqueeze(-1))
     return powered / powered.sum(-1, keepdim=True).clamp_min(_TINY)
 
@@ -196,11 +197,14 @@ def addressing(raw: Tensor, width: int) -> Addressing:
             f"raw addressing outputs have {raw.shape[-1]} numbers per head; expected "
             f"width + {PARAMS_PER_HEAD} = {width + PARAMS_PER_HEAD}"
         )
-    key, beta, gate = raw[..., :width], raw[..., width], raw[..., width + 1]
-    kernel = raw[..., width + 2 : width + 2 + SHIFTS]
-    gamma = raw[..., width + 2 + SHIFTS]
+    # one split (one backward node) rather than a slice per parameter
+    key, beta, gate, kernel, gamma = raw.split([width, 1, 1, SHIFTS, 1], dim=-1)
     return Addressing(
-        key, F.softplus(beta), torch.sigmoid(gate), torch.softmax(kernel, -1), 1 + F.softplus(gamma)
+        key,
+        F.softplus(beta.squeeze(-1)),
+        torch.sigmoid(gate.squeeze(-1)),
+        torch.softmax(kernel, -1),
+        1 + F.softplus(gamma.squeeze(-1)),
     )
 
 
@@ -237,7 +241,7 @@ def step(state: NTMState, heads: Addressing, erase: Tensor, add: Tensor) -> NTMS
     r = state.read_weights.shape[1]
     previous = torch.cat([state.read_weights, state.write_weights], dim=1)
     weights = address(state.memory, previous, heads)
-    wr, ww = weights[:, :r], weights[:, r:]
+    wr, ww = weights.split([r, weights.shape[1] - r], dim=1)
     return NTMState(write(state.memory, ww, erase, add), wr, ww, read(state.memory, wr))
 
 
@@ -404,9 +408,10 @@ class NTMCore(nn.Module):
             iface = iface.clamp(-INTERFACE_CLIP, INTERFACE_CLIP)
         heads = self.read_heads + self.write_heads
         n_address = heads * (w + PARAMS_PER_HEAD)
-        params = addressing(iface[:, :n_address].view(b, heads, -1), w)
-        erase_add = iface[:, n_address:].view(b, self.write_heads, 2 * w)
-        erase, add = torch.sigmoid(erase_add[..., :w]), erase_add[..., w:]
+        raw, erase_add = iface.split([n_address, iface.shape[1] - n_address], dim=1)
+        params = addressing(raw.view(b, heads, -1), w)
+        erase, add = erase_add.view(b, self.write_heads, 2 * w).split([w, w], dim=-1)
+        erase = torch.sigmoid(erase)
         if self.bounded:
             params, add = params._replace(key=torch.tanh(params.key)), torch.tanh(add)
         memory = step(state.memory, params, erase, add)
