@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meta_rl.config import BaseConfig, ConfigError, apply_overrides
-from meta_rl.fewshot import gradient, mann, metric
+from meta_rl.fewshot import gradient, mann, metric, ntm_copy
 from meta_rl.rl import maml, oracle, pearl, reptile, rl2
 
 log = logging.getLogger(__name__)
@@ -260,6 +260,22 @@ PRESETS: dict[str, Preset] = {
             data_parallel=True,  # splits the batch_size sequences
         ),
         Preset(
+            "ntm-glyphs",
+            mann.train,
+            mann.MANNConfig,
+            {"memory": "ntm"},
+            "Neural Turing Machine memory beside MANN's, episodic glyph classification",
+            data_parallel=True,  # splits the batch_size sequences
+        ),
+        Preset(
+            "ntm-copy",
+            ntm_copy.train,
+            ntm_copy.CopyTaskConfig,
+            {"device": "cpu", "num_threads": 1},  # one sequence per update: overhead-bound
+            "Neural Turing Machine on the copy task (Graves et al. 2014): error bits per sequence",
+            data_parallel=True,  # splits the batch_size sequences (batch_size >= ranks)
+        ),
+        Preset(
             "oracle-pointnav",
             oracle.train_oracle_pointnav,
             oracle.OracleNavConfig,
@@ -377,6 +393,21 @@ PRESETS: dict[str, Preset] = {
                 "iterations": 300,
             },
             "RL^2 with a memory-augmented policy (GRU controller + LRUA memory), bandits n=10",
+        ),
+        _rl2(
+            "rl2-ntm-bandits",
+            {
+                **_BANDIT,
+                "policy": "ntm",
+                "episodes_per_trial": 10,
+                "hidden_size": 64,
+                "lr": 0.01,
+                "tasks_per_iteration": 128,
+                "minibatches": 4,
+                "iterations": 100,  # 128k env steps (the memory policy's slow-test budget)
+                "num_threads": 1,
+            },
+            "RL^2 with a Neural Turing Machine policy (GRU controller + NTM memory), bandits n=10",
         ),
         _rl2(
             "rl2-mann-pointnav",

@@ -1,16 +1,19 @@
 """RL^2 on Bernoulli bandits: ours (batched trials, GRU, PPO over whole trials) vs sb3-contrib
 ``RecurrentPPO`` (``MlpLstmPolicy``) trained on the same trial wrapper with the same env-step
-budget, in one process.
+budget, in one process; or, with ``--policy memory|episodic|ntm``, that policy of ours vs our
+GRU policy (same trainer, same settings, same budget).
 
     python scripts/bench_rl2.py                    # k=5 arms, n=10 pulls, 25k env steps each
     python scripts/bench_rl2.py --steps 20000 --json
+    python scripts/bench_rl2.py --policy ntm       # NTM policy's env steps/s / the GRU's
 
 RecurrentPPO trains on ``TrialWrapper(gym.make("MetaRL/Bandit-v0"), n)`` (one trial = one SB3
 episode, default hyperparameters). Both policies are then evaluated on the same test-split
 bandits (one trial each, sampled actions) through ``BatchedTrialEnv``, which produces the same
 observation layout as ``TrialWrapper``. Printed: final mean total reward (95% CI) of both,
 training env steps/s of both and their ratio, beside Thompson sampling and the Bayes-optimal
-value on the same number of bandits.
+value on the same number of bandits. With ``--policy`` other than ``gru``: both policies' scores
+and env steps/s and the ratio (policy / GRU); the memory policies use RL2Config's memory defaults.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from meta_rl_envs.wrappers import TrialWrapper
 from meta_rl.rl.rl2 import RL2Config, make_trial_env, train
 
 
-def ours(args) -> tuple[dict, float, RL2Config]:
+def ours(args, policy: str = "gru") -> tuple[dict, float, RL2Config]:
     per_iter = args.tasks * args.n
     config = RL2Config(
+        policy=policy,
         env_id="MetaRL/Bandit-v0",
         env_kwargs={"k": args.k},
         episodes_per_trial=args.n,
@@ -93,13 +97,20 @@ def main() -> None:
     p.add_argument("--eval-tasks", type=int, default=1000, help="test bandits")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads for both")
+    p.add_argument(
+        "--policy",
+        choices=("gru", "memory", "episodic", "ntm"),
+        default="gru",
+        help="our policy; other than gru: compared with our GRU policy instead of RecurrentPPO",
+    )
     p.add_argument("--skip-peer", action="store_true", help="time ours only")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
-    mine, mine_s, config = ours(args)
+    mine, mine_s, config = ours(args, args.policy)
     out = {
+        "policy": args.policy,
         "k": args.k,
         "n": args.n,
         "budget_env_steps": args.steps,
@@ -113,7 +124,19 @@ def main() -> None:
     }
     if args.n <= 20:
         out["bayes_optimal"] = R.bandit_bayes_optimal(args.n, args.k)
-    if not args.skip_peer:
+    if args.policy != "gru" and not args.skip_peer:
+        gru, gru_s, _ = ours(args, "gru")
+        out.update(
+            {
+                "gru_score": gru["score"],
+                "gru_ci95": gru["ci95"],
+                "gru_env_steps": gru["steps"],
+                "gru_seconds": gru_s,
+                "gru_env_steps_per_s": gru["steps"] / gru_s,
+            }
+        )
+        out["speed_ratio_vs_gru"] = out["ours_env_steps_per_s"] / out["gru_env_steps_per_s"]
+    elif not args.skip_peer:
         import sb3_contrib
 
         peer, peer_s = recurrent_ppo(args, config)
@@ -134,9 +157,15 @@ def main() -> None:
         return
     print(f"Bernoulli bandits k={args.k}, n={args.n}; budget {args.steps} env steps each")
     print(
-        f"  ours (RL^2 GRU, PPO):    {out['ours_score']:.3f} +- {out['ours_ci95']:.3f}   "
+        f"  ours (RL^2 {args.policy}, PPO):    {out['ours_score']:.3f} +- {out['ours_ci95']:.3f}   "
         f"{out['ours_env_steps_per_s']:.0f} env steps/s ({mine_s:.1f} s)"
     )
+    if "speed_ratio_vs_gru" in out:
+        print(
+            f"  ours (RL^2 gru, PPO):    {out['gru_score']:.3f} +- {out['gru_ci95']:.3f}   "
+            f"{out['gru_env_steps_per_s']:.0f} env steps/s ({out['gru_seconds']:.1f} s)"
+        )
+        print(f"  speed ratio ({args.policy} / gru): {out['speed_ratio_vs_gru']:.2f}x")
     if "speed_ratio" in out:
         print(
             f"  RecurrentPPO (sb3-contrib {out['sb3_contrib_version']}): "

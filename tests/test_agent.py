@@ -19,6 +19,7 @@ import meta_rl
 from meta_rl.agent import GradientAgent, MemoryAgent, SpaceMismatchError
 from meta_rl.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from meta_rl.cli import main
+from meta_rl.export import flatten_state
 from meta_rl.runs import RunError
 
 TINY_MAML = {
@@ -56,9 +57,10 @@ def grad_run(tmp_path_factory) -> Path:
     return train_cli("smoke-pointnav", tmp_path_factory.mktemp("agent") / "maml", TINY_MAML)
 
 
-@pytest.fixture(scope="module")
-def mem_run(tmp_path_factory) -> Path:
-    return train_cli("rl2-bandits", tmp_path_factory.mktemp("agent") / "rl2", TINY_RL2)
+@pytest.fixture(scope="module", params=["rl2-bandits", "rl2-ntm-bandits"])
+def mem_run(tmp_path_factory, request) -> Path:
+    """An RL^2 run with the GRU policy, and one with the NTM policy (memory in the state)."""
+    return train_cli(request.param, tmp_path_factory.mktemp("agent") / "rl2", TINY_RL2)
 
 
 def fresh_python(code: str, timeout: float = 120.0) -> str:
@@ -368,7 +370,8 @@ def test_memory_warm_up_and_export_in_a_fresh_process(mem_run, tmp_path):
     warm_act, (mem, steps) = warm.predict(obs, deterministic=True)
     assert steps.tolist() == [4, 4, 4]
     _, (cold_mem, _) = agent.predict(obs, deterministic=True)
-    assert not torch.allclose(mem, cold_mem)  # the warm-up memory is not a fresh one
+    flat = [torch.cat([t.flatten() for t in flatten_state(m)]) for m in (mem, cold_mem)]
+    assert not torch.allclose(*flat)  # the warm-up memory is not a fresh one
     path = warm.export(tmp_path / "rl2.pt")
     out = fresh_python(
         f"""

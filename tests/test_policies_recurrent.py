@@ -11,6 +11,7 @@ from meta_rl.policies.recurrent import (
     EpisodicMemoryPolicy,
     GRUPolicy,
     MemoryPolicy,
+    NTMPolicy,
     index_state,
 )
 
@@ -34,6 +35,8 @@ def _build(space):
         EpisodicMemoryPolicy(7, space, 16, slots=8, width=4, heads=2, transition_keys=True),
         MemoryPolicy(7, space, hidden_size=16, slots=8, width=4, heads=2),
         MemoryPolicy(7, space, hidden_size=16, slots=8, width=4, heads=1, controller="lstm"),
+        NTMPolicy(7, space, hidden_size=16, slots=8, width=4, read_heads=2),
+        NTMPolicy(7, space, hidden_size=16, slots=8, width=4, controller="lstm", write_heads=2),
     ]
 
 
@@ -76,8 +79,9 @@ def test_index_state_and_act_shapes():
     assert GRUPolicy(7, DISCRETE).log_std is None
 
 
-def test_gradients_flow_through_the_memory():
-    policy = MemoryPolicy(7, DISCRETE, hidden_size=8, slots=4, width=4, heads=1)
+@pytest.mark.parametrize("kind", [MemoryPolicy, NTMPolicy])
+def test_gradients_flow_through_the_memory(kind):
+    policy = kind(7, DISCRETE, hidden_size=8, slots=4, width=4)
     head, value, _ = policy.unroll(torch.randn(5, 2, 7), policy.initial_state(2))
     (head.sum() + value.sum()).backward()
     assert policy.core.interface.weight.grad.abs().sum() > 0

@@ -85,8 +85,9 @@ def least_used(usage: Tensor, heads: int) -> Tensor:
     slots = usage.shape[-1]
     if heads > slots:
         raise ValueError(f"heads={heads} must be <= slots={slots}")
-    order = torch.sort(usage.detach(), dim=-1, stable=True).indices[..., :heads]
-    return F.one_hot(order, slots).to(usage.dtype)
+    order = torch.sort(usage.detach(), dim=-1, stable=True).indices[..., :heads, None]
+    one_hot = torch.zeros(*usage.shape[:-1], heads, slots, device=usage.device, dtype=usage.dtype)
+    return one_hot.scatter_(-1, order, 1.0)
 
 
 def init_state(
@@ -126,7 +127,7 @@ def address(memory: Tensor, keys: Tensor, strength: Tensor | float = 1.0) -> Ten
 
     ``memory`` [B, S, W], ``keys`` [B, H, W], ``strength`` [B, H] (or a float) -> [B, H, S].
     """
-    sim = torch.einsum("bhw,bsw->bhs", keys, memory)
+    sim = keys @ memory.transpose(-1, -2)
     norm = keys.norm(dim=-1).unsqueeze(-1) * memory.norm(dim=-1).unsqueeze(-2)
     cos = sim / (norm + _EPS)
     if isinstance(strength, Tensor):
@@ -142,7 +143,7 @@ def read(state: MemoryState, keys: Tensor, strength: Tensor | float = 1.0) -> tu
     """
     _check_keys(state, keys)
     weights = address(state.memory, keys, strength)
-    return torch.einsum("bhs,bsw->bhw", weights, state.memory), weights
+    return weights @ state.memory, weights
 
 
 def write_weights(state: MemoryState, gate: Tensor) -> Tensor:
@@ -174,17 +175,20 @@ def write(
         raise ValueError(f"gamma={gamma!r} must be in [0, 1]")
     ww = write_weights(state, gate)
     erase = state.least_used.sum(dim=1).clamp(max=1.0).unsqueeze(-1)  # [B, S, 1]
-    memory = state.memory * (1.0 - erase) + torch.einsum("bhs,bhw->bsw", ww, values)
-    usage = gamma * state.usage + ww.sum(dim=1)
+    memory = torch.baddbmm(state.memory * (1.0 - erase), ww.transpose(1, 2), values)
+    read = read_weights is not None
     if read_weights is None:
         read_weights = state.read_weights
-    else:
-        if read_weights.shape != state.read_weights.shape:
-            raise ValueError(
-                f"read_weights has shape {tuple(read_weights.shape)}; expected "
-                f"{tuple(state.read_weights.shape)}"
-            )
-        usage = usage + read_weights.sum(dim=1)
+    elif read_weights.shape != state.read_weights.shape:
+        raise ValueError(
+            f"read_weights has shape {tuple(read_weights.shape)}; expected "
+            f"{tuple(state.read_weights.shape)}"
+        )
+    # usage only picks the least-used slots (a sort): no gradient flows through it, so it is
+    # computed from detached weights (fewer backward nodes on the training path)
+    usage = gamma * state.usage.detach() + ww.detach().sum(dim=1)
+    if read:
+        usage = usage + read_weights.detach().sum(dim=1)
     return MemoryState(memory, usage, read_weights, least_used(usage, state.heads))
 
 
@@ -323,10 +327,12 @@ class MemoryCore(nn.Module):
         iface_in = torch.cat([h, x], dim=-1) if self.interface_sees_input else h
         iface = self.interface(iface_in).view(b, self.heads, -1)
         w = self.width
-        keys = torch.tanh(iface[..., :w])
-        strength = F.softplus(iface[..., w]) + 1.0
-        gate = iface[..., w + 1]
-        values = torch.tanh(iface[..., w + 2 :]) if self.separate_values else None
+        sizes = [w, 1, 1, w] if self.separate_values else [w, 1, 1]
+        parts = torch.split(iface, sizes, dim=-1)  # one backward node, not one per slice
+        keys = torch.tanh(parts[0])
+        strength = F.softplus(parts[1].squeeze(-1)) + 1.0
+        gate = parts[2].squeeze(-1)
+        values = torch.tanh(parts[3]) if self.separate_values else None
         reads, memory = step(state.memory, keys, strength, gate, values, self.gamma)
         reads = reads.reshape(b, -1)
         return torch.cat([h, reads], dim=-1), CoreState(h, c, reads, memory)

@@ -11,6 +11,11 @@ high from the 2nd on.
 Images are box-downsampled to ``input_size`` x ``input_size`` and flattened (the paper feeds
 20x20 pixels to the controller).
 
+``memory="ntm"`` swaps the LRUA memory for a Neural Turing Machine's
+(:class:`meta_rl.core.ntm.NTMCore`: content and location addressing, erase/add writes;
+``heads`` read heads and one write head): the same episodes, inputs and yardstick, so the two
+memories compare directly (preset ``ntm-glyphs`` beside ``mann-glyphs``).
+
 Data-parallel (``torchrun``, :mod:`meta_rl.collectives`): the ``batch_size`` sequences of an
 update are split over the ranks (every rank draws the whole batch from the shared seeded
 sampler and keeps its sequences; losses are weighted by the rank's share and gradients summed
@@ -33,6 +38,7 @@ from torch import Tensor, nn
 from meta_rl import collectives
 from meta_rl.config import ConfigError, bounds, choice
 from meta_rl.core.memory import CoreState, MemoryCore
+from meta_rl.core.ntm import NTMCore, NTMCoreState
 from meta_rl.fewshot.data import EpisodeSampler, occurrence_index
 from meta_rl.fewshot.metric import (
     GlyphDataConfig,
@@ -57,6 +63,8 @@ __all__ = [
 
 INSTANCES = (1, 2, 3, 5, 10)
 """instance numbers reported by default (1-based: the 1st appearance of a class is 1)"""
+LRUA_ONLY_FIELDS = ("gamma", "interface_sees_input", "separate_values", "init_strength")
+"""MANNConfig fields of the LRUA memory (an NTM memory would ignore them)"""
 
 
 @dataclass
@@ -83,12 +91,15 @@ class MANNConfig(GlyphDataConfig):
     """controller units"""
     controller: str = field(default="lstm", metadata=choice("lstm", "gru"))
     """controller cell"""
+    memory: str = field(default="lrua", metadata=choice("lrua", "ntm"))
+    """'lrua' (Santoro et al.: content reads, least-recently-used writes) or 'ntm' (Graves et
+    al.: content and location addressing, erase/add writes)"""
     slots: int = field(default=128, metadata=bounds(ge=1))
     """memory slots"""
     width: int = field(default=40, metadata=bounds(ge=1))
     """memory slot width"""
     heads: int = field(default=4, metadata=bounds(ge=1))
-    """read/write heads"""
+    """read/write heads (LRUA: each reads and writes; NTM: read heads, plus one write head)"""
     gamma: float = field(default=0.95, metadata=bounds(ge=0, le=1))
     """usage decay of the LRUA write"""
     interface_sees_input: bool = True
@@ -104,8 +115,16 @@ class MANNConfig(GlyphDataConfig):
     """test episodes for the accuracy by instance"""
 
     def check(self) -> None:
-        if self.heads > self.slots:
+        if self.memory == "lrua" and self.heads > self.slots:
             raise ConfigError(f"heads = {self.heads} must be <= slots = {self.slots}")
+        if self.memory != "lrua":
+            for name in LRUA_ONLY_FIELDS:
+                value = getattr(self, name)
+                if value != getattr(type(self), name):
+                    raise ConfigError(
+                        f"{name} = {value!r} applies to memory 'lrua' only; memory = "
+                        f"{self.memory!r} would ignore it"
+                    )
         if self.input_size > self.image_size:
             raise ConfigError(
                 f"input_size = {self.input_size} must be <= image_size = {self.image_size}"
@@ -156,7 +175,10 @@ def accuracy_by_instance(
 # the model
 # ---------------------------------------------------------------------------------------------
 class MANN(nn.Module):
-    """Features ``x_t`` and the previous label -> :class:`MemoryCore` -> logits over n_way."""
+    """Features ``x_t`` and the previous label -> a memory cell -> logits over n_way.
+
+    The cell is :class:`MemoryCore` (``memory="lrua"``) or :class:`NTMCore` (``memory="ntm"``:
+    ``heads`` read heads and one write head; the LRUA-only arguments are not used)."""
 
     def __init__(
         self,
@@ -171,26 +193,35 @@ class MANN(nn.Module):
         interface_sees_input: bool = True,
         separate_values: bool = True,
         init_strength: float = 10.0,
+        memory: str = "lrua",
     ) -> None:
         super().__init__()
         if not isinstance(n_way, int) or n_way < 2:
             raise ValueError(f"n_way={n_way!r} must be an integer >= 2")
+        if memory not in ("lrua", "ntm"):
+            raise ValueError(f"memory={memory!r}; allowed: 'lrua', 'ntm'")
         self.n_way = n_way
-        self.core = MemoryCore(
-            input_size + n_way,
-            hidden,
-            slots,
-            width,
-            heads,
-            controller,
-            gamma,
-            separate_values=separate_values,
-            interface_sees_input=interface_sees_input,
-            init_strength=init_strength,
-        )
+        self.core: MemoryCore | NTMCore
+        if memory == "ntm":
+            self.core = NTMCore(input_size + n_way, hidden, slots, width, heads, 1, controller)
+        else:
+            self.core = MemoryCore(
+                input_size + n_way,
+                hidden,
+                slots,
+                width,
+                heads,
+                controller,
+                gamma,
+                separate_values=separate_values,
+                interface_sees_input=interface_sees_input,
+                init_strength=init_strength,
+            )
         self.head = nn.Linear(self.core.output_size, n_way)
 
-    def forward(self, x: Tensor, y: Tensor, state: CoreState | None = None) -> Tensor:
+    def forward(
+        self, x: Tensor, y: Tensor, state: CoreState | NTMCoreState | None = None
+    ) -> Tensor:
         """Logits [B, T, n_way] for features ``x`` [B, T, D] and labels ``y`` [B, T] (the label
         of step t is shown at step t + 1)."""
         if x.dim() != 3 or y.shape != x.shape[:2]:
@@ -308,6 +339,7 @@ def train(config: MANNConfig, run=None) -> dict[str, float]:
             config.interface_sees_input,
             config.separate_values,
             config.init_strength,
+            config.memory,
         ).to(device)
 
     def evaluation() -> dict[str, float]:

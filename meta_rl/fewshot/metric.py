@@ -371,7 +371,7 @@ def episode_shard(
 
 
 def fit(
-    config: GlyphDataConfig,
+    config: Any,
     run: Any,
     dist: Any,
     model: nn.Module,
@@ -381,30 +381,43 @@ def fit(
     evaluation: Callable[[], dict[str, float]],
     hint: str,
     grad_clip: float = 0.0,
+    optimizer: torch.optim.Optimizer | None = None,
+    grad_clip_value: float = 0.0,
+    progress_key: str = "accuracy",
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
-    """The supervised few-shot training loop (ProtoNet, Siamese, MANN): Adam (``config.lr``) on
-    ``batch_loss() -> (loss, metrics after the step)``, this rank's share ``weight`` of the
-    batch's mean, gradients summed over ranks (then clipped to ``grad_clip`` if > 0); resume,
-    guard, evaluation, log and checkpoints by :mod:`meta_rl.loop`. ``train_rng`` draws the
-    training batches (it is checkpointed). Returns the final metrics."""
+    """The supervised training loop (ProtoNet, Siamese, MANN, the NTM copy task): ``optimizer``
+    (default Adam with ``config.lr``) on ``batch_loss() -> (loss, metrics after the step)``,
+    this rank's share ``weight`` of the batch's mean, gradients summed over ranks (then their
+    norm clipped to ``grad_clip`` and each entry to +-``grad_clip_value``, where > 0); resume,
+    guard, evaluation, log and checkpoints by :mod:`meta_rl.loop` (``config`` has the schedule
+    fields of :class:`GlyphDataConfig`); a learning-rate ``scheduler`` steps after every update.
+    ``train_rng`` draws the training batches (it is checkpointed, and so is the scheduler).
+    Returns the final metrics."""
     device = next(model.parameters()).device
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
 
     def checkpoint() -> loop.Saved:
         state = {"optimizer": optimizer.state_dict(), "train_rng": rng_state(train_rng)}
+        if scheduler is not None:
+            state["scheduler"] = scheduler.state_dict()
         return model.state_dict(), state
 
     start = 0
-    ck = loop.resume(run, dist, device, model.state_dict(), ("optimizer", "train_rng"))
+    keys = ("optimizer", "train_rng") + (("scheduler",) if scheduler is not None else ())
+    ck = loop.resume(run, dist, device, model.state_dict(), keys)
     if ck is not None:
         model.load_state_dict(ck.tensors)
         optimizer.load_state_dict(ck.state["optimizer"])
         set_rng_state(train_rng, ck.state["train_rng"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ck.state["scheduler"])
         start = ck.step
     dist.broadcast_(model.parameters())
 
     metrics: dict[str, float] = {}
-    with loop.progress(run, config, start, "accuracy"):
+    with loop.progress(run, config, start, progress_key):
         for it in range(start, config.iterations):
             loss, summary = batch_loss()
             optimizer.zero_grad()
@@ -412,7 +425,11 @@ def fit(
             dist.all_reduce_grads(model.parameters())  # summed before clipping: the global norm
             if grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+            if grad_clip_value > 0:
+                nn.utils.clip_grad_value_(model.parameters(), grad_clip_value)
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             metrics = summary()
             loop.end_step(
                 run, config, it + 1, metrics, model.parameters(), evaluation, checkpoint, hint

@@ -7,7 +7,7 @@ from meta_rl.policies.mlp import (
     MLPPolicy,
     make_mlp_policy,
 )
-from meta_rl.policies.recurrent import GRUPolicy, MemoryPolicy, RecurrentPolicy
+from meta_rl.policies.recurrent import GRUPolicy, MemoryPolicy, NTMPolicy, RecurrentPolicy
 
 __all__ = [
     "distributions",
@@ -17,5 +17,6 @@ __all__ = [
     "make_mlp_policy",
     "GRUPolicy",
     "MemoryPolicy",
+    "NTMPolicy",
     "RecurrentPolicy",
 ]

@@ -9,6 +9,8 @@ episode ends inside a trial; the caller resets it between trials (``initial_stat
 - :class:`GRUPolicy` (Duan et al. 2016): a GRU over the trial, linear policy and value heads.
 - :class:`MemoryPolicy`: a recurrent controller reading and writing an external LRUA memory
   (:class:`meta_rl.core.memory.MemoryCore`, MANN-style), linear heads on ``[h_t, reads_t]``.
+- :class:`NTMPolicy`: the same with a Neural Turing Machine memory
+  (:class:`meta_rl.core.ntm.NTMCore`: content and location addressing, erase/add writes).
 - :class:`EpisodicMemoryPolicy`: a GRU controller that appends one row per step to an external
   episodic memory and reads it by content (:func:`meta_rl.core.memory.episodic_read`); linear
   heads on ``[h_t, reads_t]``. A whole trial unrolls in one fused GRU call and one masked
@@ -34,20 +36,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meta_rl.core.memory import (
-    CoreState,
-    EpisodicState,
-    MemoryCore,
-    episodic_read,
-    episodic_write,
-)
+from meta_rl.core.memory import EpisodicState, MemoryCore, episodic_read, episodic_write
+from meta_rl.core.ntm import NTMCore
 from meta_rl.policies import distributions as D
 
 __all__ = [
+    "CorePolicy",
     "EpisodicMemoryPolicy",
     "EpisodicPolicyState",
     "GRUPolicy",
     "MemoryPolicy",
+    "NTMPolicy",
     "RecurrentPolicy",
     "index_state",
     "map_state",
@@ -241,7 +240,38 @@ class GRUPolicy(RecurrentPolicy):
         return torch.stack(heads), torch.stack(values), state
 
 
-class MemoryPolicy(RecurrentPolicy):
+class CorePolicy(RecurrentPolicy):
+    """A policy around a recurrent memory cell ``core`` (``initial_state(batch, device)``,
+    ``core(x [B, D], state) -> (out, state)``, ``core.unroll(xs, state, starts)``, output size
+    ``core.output_size``): linear policy and value heads on the cell's output."""
+
+    core: nn.Module
+
+    def __init__(
+        self, obs_size: int, action_space: gym.Space, core: nn.Module, init_log_std: float
+    ) -> None:
+        super().__init__(obs_size, action_space, core.output_size, init_log_std)
+        self.core = core
+
+    def initial_state(self, batch: int, device: str | torch.device | None = None) -> Any:
+        return self.core.initial_state(batch, device)
+
+    def step(self, obs: Tensor, state: Any) -> tuple[Tensor, Tensor, Any]:
+        self._check_obs(obs, 2)
+        out, state = self.core(obs, state)
+        head, value = self._heads(out)
+        return head, value, state
+
+    def unroll(
+        self, obs: Tensor, state: Any, starts: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Any]:
+        self._check_obs(obs, 3)
+        out, state = self.core.unroll(obs, state, starts)
+        head, value = self._heads(out)
+        return head, value, state
+
+
+class MemoryPolicy(CorePolicy):
     """A memory-augmented policy: a recurrent controller (GRU or LSTM) with an external LRUA
     memory (:class:`~meta_rl.core.memory.MemoryCore`: content-based reads, least-recently-used
     writes, Santoro et al. 2016); linear policy and value heads on ``[h_t, reads_t]``.
@@ -271,25 +301,42 @@ class MemoryPolicy(RecurrentPolicy):
             separate_values=True,
             interface_sees_input=True,
         )
-        super().__init__(obs_size, action_space, core.output_size, init_log_std)
-        self.core = core
+        super().__init__(obs_size, action_space, core, init_log_std)
 
-    def initial_state(self, batch: int, device: str | torch.device | None = None) -> CoreState:
-        return self.core.initial_state(batch, device)
 
-    def step(self, obs: Tensor, state: CoreState) -> tuple[Tensor, Tensor, CoreState]:
-        self._check_obs(obs, 2)
-        out, state = self.core(obs, state)
-        head, value = self._heads(out)
-        return head, value, state
+class NTMPolicy(CorePolicy):
+    """A policy with a Neural Turing Machine memory (:class:`~meta_rl.core.ntm.NTMCore`, Graves
+    et al. 2014: content and location addressing, erase/add writes; a GRU or LSTM controller
+    fed its last reads): linear policy and value heads on ``[h_t, reads_t]``.
 
-    def unroll(
-        self, obs: Tensor, state: CoreState, starts: Tensor | None = None
-    ) -> tuple[Tensor, Tensor, CoreState]:
-        self._check_obs(obs, 3)
-        out, state = self.core.unroll(obs, state, starts)
-        head, value = self._heads(out)
-        return head, value, state
+    ``read_heads`` read heads and ``write_heads`` write heads on ``slots`` x ``width`` memory
+    per row; the memory, the heads' weightings and the controller state are the policy state:
+    they persist across the episodes of a trial and start from the learned initial state of
+    the core at every trial.
+    """
+
+    def __init__(
+        self,
+        obs_size: int,
+        action_space: gym.Space,
+        hidden_size: int = 128,
+        slots: int = 32,
+        width: int = 16,
+        read_heads: int = 1,
+        write_heads: int = 1,
+        controller: str = "gru",
+        init_log_std: float = -0.5,
+    ) -> None:
+        core = NTMCore(
+            obs_size,
+            hidden_size,
+            slots=slots,
+            width=width,
+            read_heads=read_heads,
+            write_heads=write_heads,
+            controller=controller,
+        )
+        super().__init__(obs_size, action_space, core, init_log_std)
 
 
 class EpisodicPolicyState(NamedTuple):

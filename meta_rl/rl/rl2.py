@@ -41,6 +41,7 @@ from meta_rl.policies.recurrent import (
     EpisodicMemoryPolicy,
     GRUPolicy,
     MemoryPolicy,
+    NTMPolicy,
     RecurrentPolicy,
 )
 from meta_rl.rl.ppo import ppo_loss
@@ -66,7 +67,7 @@ POLICY_ONLY_FIELDS = {
     "separate_critic": ("gru",),
     "action_reward_input": ("gru", "episodic"),
     "transition_keys": ("episodic",),
-    "controller": ("memory",),
+    "controller": ("memory", "ntm"),
 }
 
 
@@ -84,9 +85,11 @@ class RL2Config(BaseConfig):
     2 on a 2-core machine; the same episodes for any count"""
     episodes_per_trial: int = field(default=10, metadata=bounds(ge=1))
     """episodes of one task in a trial (RL^2's n); the policy's memory lives for a trial"""
-    policy: Literal["gru", "memory", "episodic"] = "gru"
-    """"gru" (RL^2's GRU policy), "memory" (recurrent controller + external LRUA memory) or
-    "episodic" (GRU controller + an episodic memory written every step, read by content)"""
+    policy: Literal["gru", "memory", "episodic", "ntm"] = "gru"
+    """"gru" (RL^2's GRU policy), "memory" (recurrent controller + external LRUA memory),
+    "episodic" (GRU controller + an episodic memory written every step, read by content) or
+    "ntm" (recurrent controller + a Neural Turing Machine memory: content and location
+    addressing, erase/add writes)"""
     hidden_size: int = field(default=256, metadata=bounds(ge=1))
     """GRU / controller hidden units"""
     embed: int = field(default=0, metadata=bounds(ge=0))
@@ -98,17 +101,17 @@ class RL2Config(BaseConfig):
     """GRU policy only: the value comes from a second GRU, so value-loss gradients do not shape
     the policy's features (RL^2 fitted a separate baseline)"""
     memory_slots: int = field(default=32, metadata=bounds(ge=1))
-    """memory/episodic policies: rows of the external memory (episodic: >= the trial length
+    """memory/episodic/ntm policies: rows of the external memory (episodic: >= the trial length
     keeps training on the fast path)"""
     memory_width: int = field(default=16, metadata=bounds(ge=1))
-    """memory/episodic policies: numbers per memory row and head"""
+    """memory/episodic/ntm policies: numbers per memory row (and head, episodic)"""
     memory_heads: int = field(default=2, metadata=bounds(ge=1))
-    """memory/episodic policies: read/write heads"""
+    """memory/episodic policies: read/write heads; ntm: read heads (plus one write head)"""
     transition_keys: bool = False
     """episodic policy: key each memory row by the previous step (so a row stores a transition:
     where the last action was taken -> its action, reward, outcome)"""
     controller: Literal["gru", "lstm"] = "gru"
-    """memory policy: the controller cell"""
+    """memory/ntm policies: the controller cell"""
     time_feature: bool = False
     """append the trial's elapsed fraction t / max_trial_length to the policy's input (helps the
     value head of long trials; not part of RL^2's original input)"""
@@ -237,6 +240,17 @@ def make_policy(config: RL2Config, env: BatchedTrialEnv, seed: int) -> Recurrent
                 init_log_std=config.init_log_std,
                 action_reward=action_reward,
                 transition_keys=config.transition_keys,
+            )
+        elif config.policy == "ntm":
+            policy = NTMPolicy(
+                obs_size,
+                env.single_action_space,
+                config.hidden_size,
+                slots=config.memory_slots,
+                width=config.memory_width,
+                read_heads=config.memory_heads,
+                controller=config.controller,
+                init_log_std=config.init_log_std,
             )
         else:
             policy = MemoryPolicy(
