@@ -36,6 +36,7 @@ import numpy as np
 from meta_rl_envs.bandits import bandit_space
 from meta_rl_envs.core import TaskError, as_generator, stack_tasks
 from meta_rl_envs.navigation import goal_space
+from meta_rl_envs.sparse_point import goal_of, sparse_goal_space, sparse_reward
 from meta_rl_envs.stats import Estimate, mean_ci95
 from meta_rl_envs.tabular import (
     INITIAL_STATE,
@@ -489,5 +490,59 @@ def navigation_references(
         {
             name: navigation_return(name, num_tasks, seed, **nav).scaled(episodes)
             for name in NAV_POLICIES
+        },
+    )
+
+
+SPARSE_POINT_POLICIES = ("oracle", "zero")
+
+
+def sparse_point_return(
+    policy: str,
+    num_goals: int = 10_000,
+    seed: int = 0,
+    horizon: int = 20,
+    max_step: float = 0.1,
+    goal_radius: float = 0.2,
+    radius: float = 1.0,
+    split: str = "test",
+) -> Estimate:
+    """Mean return of one episode of ``"oracle"`` (knows the goal: steps straight at it, each
+    coordinate clipped to ``max_step``, and stays) or ``"zero"`` (never moves: 0) on goals drawn
+    through the sparse point robot's task space, with its dynamics and sparse reward."""
+    if policy not in SPARSE_POINT_POLICIES:
+        raise TaskError(
+            f"policy={policy!r} is not a sparse point policy; choose one of {SPARSE_POINT_POLICIES}"
+        )
+    tasks = sparse_goal_space().sample(_positive("num_goals", num_goals), as_generator(seed), split)
+    goals = goal_of(stack_tasks(tasks)["angle"], radius)
+    pos = np.zeros_like(goals)
+    total = np.zeros(len(goals))
+    for _ in range(_positive("horizon", horizon)):
+        action = np.zeros_like(pos) if policy == "zero" else goals - pos
+        pos = pos + np.clip(action, -max_step, max_step)
+        total += sparse_reward(np.sqrt(((pos - goals) ** 2).sum(-1)), goal_radius)
+    return _estimate(total)
+
+
+def sparse_point_references(
+    episodes: int,
+    num_tasks: int,
+    seed: int,
+    split: str = "test",
+    horizon: int = 20,
+    max_step: float = 0.1,
+    goal_radius: float = 0.2,
+    radius: float = 1.0,
+    **_: Any,
+) -> References:
+    """Sparse point robot, a trial of ``episodes`` episodes: the known-goal oracle (walks
+    straight to the goal) and standing still, each episode scoring the same."""
+    kw = dict(horizon=horizon, max_step=max_step, goal_radius=goal_radius, radius=radius)
+    return References(
+        episodes,
+        {
+            name: sparse_point_return(name, num_tasks, seed, split=split, **kw).scaled(episodes)
+            for name in SPARSE_POINT_POLICIES
         },
     )

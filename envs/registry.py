@@ -204,6 +204,13 @@ _BUILTIN = [
         references="meta_rl_envs.references:navigation_references",
     ),
     FamilySpec(
+        "MetaRL/SparsePoint-v0",
+        "meta_rl_envs.sparse_point:SparsePointEnv",
+        "sparse-reward point robot (PEARL): goal on the unit half circle, reward within 0.2, T=20",
+        batched="meta_rl_envs.sparse_point:BatchedSparsePoint",
+        references="meta_rl_envs.references:sparse_point_references",
+    ),
+    FamilySpec(
         "MetaRL/Bandit-v0",
         "meta_rl_envs.bandits:BernoulliBanditEnv",
         "Bernoulli multi-armed bandit (RL^2): k arms, p_i ~ U[0,1], one pull per episode",

@@ -1,7 +1,7 @@
 """Meta-trained agents as plain policy objects: ``meta_rl.load("runs/X")``.
 
 An agent is rebuilt from a run folder's ``config.json`` (which policy, which family) and the
-tensors of its newest checkpoint (safetensors; no pickle, no trainer state). Two kinds:
+tensors of its newest checkpoint (safetensors; no pickle, no trainer state). Three kinds:
 
 - :class:`GradientAgent` (MAML, FOMAML, Meta-SGD, Reptile runs): an MLP policy whose
   :meth:`~GradientAgent.adapt` takes inner policy-gradient steps on a task, through the same
@@ -14,7 +14,11 @@ tensors of its newest checkpoint (safetensors; no pickle, no trainer state). Two
   persists across the episode ends inside a trial; :meth:`~MemoryAgent.adapt` warms the memory
   up on a few episodes of a task.
 
-Both offer SB3's ``predict(obs, state=None, episode_start=None, deterministic=False) ->
+- :class:`ContextAgent` (PEARL runs): a context encoder and an actor on ``[obs, z]``;
+  :meth:`~ContextAgent.adapt` collects context with exploration episodes and keeps the
+  posterior over ``z``; ``predict`` acts with a z drawn from it per episode.
+
+All offer SB3's ``predict(obs, state=None, episode_start=None, deterministic=False) ->
 (actions, state)``, so ``stable_baselines3.common.evaluation.evaluate_policy`` runs them,
 ``.to(device)`` and ``export(path)`` (TorchScript, loadable with plain ``torch.jit.load``).
 
@@ -28,7 +32,6 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,15 +44,23 @@ from meta_rl_envs.wrappers import BatchedTrialEnv
 from torch import Tensor
 
 from meta_rl.checkpoint import Checkpoint, load_checkpoint, load_usable_checkpoint
-from meta_rl.export import flatten_state, script_mlp, script_recurrent, unflatten_state
+from meta_rl.export import (
+    flatten_state,
+    script_context,
+    script_mlp,
+    script_recurrent,
+    unflatten_state,
+)
 from meta_rl.policies import distributions as D
 from meta_rl.rl.maml import adaptation_curve
 from meta_rl.runs import RunError, load_config, read_run, run_of_checkpoint
+from meta_rl.trials import TrialResult, _select_state, trial_episode_returns
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Agent",
+    "ContextAgent",
     "GradientAgent",
     "MemoryAgent",
     "SpaceMismatchError",
@@ -96,83 +107,6 @@ def check_spaces(
 
 
 # --------------------------------------------------------------------------------------------
-# Trials of a memory agent (per-episode returns)
-# --------------------------------------------------------------------------------------------
-@dataclass
-class TrialResult:
-    returns: Tensor
-    """[episodes, N] return of each inner episode of each row's trial"""
-    lengths: Tensor
-    """[episodes, N] env steps of each inner episode"""
-    state: Any
-    """the policy state after the trial"""
-    last_action: Tensor
-    last_reward: Tensor
-    steps: Tensor
-    """[N] steps each row took"""
-    success: Tensor | None = None
-    """[episodes, N] whether the env reported ``info["success"]`` during each inner episode
-    (``None``: the env reports no success)"""
-
-
-@torch.no_grad()
-def trial_episode_returns(
-    policy: Any,
-    env: BatchedTrialEnv,
-    generator: torch.Generator | None,
-    deterministic: bool = False,
-    time_feature: bool = False,
-    time_scale: int | None = None,
-    state: Any = None,
-    start_step: int = 0,
-) -> TrialResult:
-    """One trial on every row of a :class:`~meta_rl_envs.wrappers.BatchedTrialEnv` (tasks set),
-    from ``state`` (default: a fresh one), recording the return of every inner episode.
-
-    ``time_feature`` appends ``t / time_scale`` to the observation as RL^2 training does
-    (``time_scale``: the trained trial length, default the env's ``max_trial_length``)."""
-    obs, _ = env.reset()
-    n, episodes = env.num_envs, env.episodes_per_trial
-    if state is None:
-        state = policy.initial_state(n, env.device)
-    scale = float(time_scale or env.max_trial_length)
-    returns = torch.zeros(episodes, n, device=env.device)
-    lengths = torch.zeros(episodes, n, device=env.device)
-    index = torch.zeros(n, dtype=torch.long, device=env.device)
-    steps = torch.zeros(n, dtype=torch.long, device=env.device)
-    rows = torch.arange(n, device=env.device)
-    action = reward = success = None
-    for t in range(env.max_trial_length):
-        x = obs
-        if time_feature:
-            x = torch.cat([obs, torch.full_like(obs[:, :1], (start_step + t) / scale)], dim=-1)
-        action, _, _, state_new = policy.act(x, state, generator, deterministic)
-        obs, reward, _, _, info = env.step(action)
-        active = info["active"]
-        # rows past their trial keep their state (they idle until the next reset)
-        state = _select_state(active, state_new, state)
-        ep = index.clamp(max=episodes - 1)
-        returns[ep, rows] += reward * active
-        lengths[ep, rows] += active.float()
-        if "success" in info:
-            if success is None:
-                success = torch.zeros(episodes, n, dtype=torch.bool, device=env.device)
-            success[ep, rows] |= info["success"] & active
-        steps += active.long()
-        index = index + info["episode_done"].long()
-        if not bool(info["active"].any()) and t % 16 == 15:
-            break
-    return TrialResult(returns, lengths, state, action, reward, steps, success)
-
-
-def _select_state(mask: Tensor, new: Any, old: Any) -> Any:
-    if isinstance(new, Tensor):
-        return torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, old)
-    items = [_select_state(mask, a, b) for a, b in zip(new, old, strict=True)]
-    return type(new)(*items) if hasattr(new, "_fields") else tuple(items)
-
-
-# --------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------
 def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> Agent:
@@ -200,6 +134,7 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     config = load_config(path)
     from meta_rl.fewshot.metric import GlyphData
     from meta_rl.rl.maml import MetaPGConfig
+    from meta_rl.rl.pearl import PEARLConfig
     from meta_rl.rl.rl2 import RL2Config
 
     if isinstance(config, GlyphData):
@@ -210,11 +145,12 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
             "scripts/fewshot_results.py` evaluates few-shot presets on 1,000 held-out episodes. "
             "meta_rl.load and meta-rl evaluate read MAML / Meta-SGD / Reptile and RL^2 runs"
         )
-    if not isinstance(config, (MetaPGConfig, RL2Config)):
+    if not isinstance(config, (MetaPGConfig, RL2Config, PEARLConfig)):
         raise RunError(
             f"run {str(path)!r} (preset {info['preset']!r}, config {info['config_class']!r}) "
             "is not a meta-RL agent; meta_rl.load reads runs of the MAML / Meta-SGD / Reptile "
-            "trainers (meta_rl.rl.maml, meta_rl.rl.reptile) and of RL^2 (meta_rl.rl.rl2)"
+            "trainers (meta_rl.rl.maml, meta_rl.rl.reptile), of RL^2 (meta_rl.rl.rl2) and of "
+            "PEARL (meta_rl.rl.pearl)"
         )
     if sidecar is not None:
         ck = load_checkpoint(sidecar, device="cpu")
@@ -223,6 +159,8 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     agent: Agent
     if isinstance(config, MetaPGConfig):
         agent = GradientAgent(path, info, config, ck)
+    elif isinstance(config, PEARLConfig):
+        agent = ContextAgent(path, info, config, ck)
     else:
         agent = MemoryAgent(path, info, config, ck)
     return agent.to(device)
@@ -670,3 +608,85 @@ class MemoryAgent(Agent):
 
     def _export_module(self) -> torch.jit.ScriptModule:
         return script_recurrent(self)
+
+
+# --------------------------------------------------------------------------------------------
+# Context agents (PEARL)
+# --------------------------------------------------------------------------------------------
+class ContextAgent(Agent):
+    """A PEARL actor on ``[obs, z]`` and its context encoder. Its task belief over z is the prior
+    until :meth:`adapt`, then the posterior of the explored transitions; ``predict`` draws a z
+    from it at every episode start (``state`` holds each row's z)."""
+
+    kind = "context"
+
+    def __init__(self, path: Path, info: dict[str, Any], config: Any, ck: Checkpoint) -> None:
+        super().__init__(path, info, config, ck)
+        from meta_rl.rl.pearl import Belief, make_env_for, make_nets
+
+        env = make_env_for(config, 1, "cpu")
+        self.observation_space = env.single_observation_space
+        self.action_space = env.single_action_space
+        self.policy = make_nets(config, env, config.seed + 3)
+        env.close()
+        _restore(ck, dict(self.policy.state_dict()))
+        self.belief = Belief.prior(config.latent_size, self.action_space)
+
+    def env_kwargs(self) -> dict[str, Any]:
+        """The family's trainer defaults under the run's ``env_kwargs``."""
+        return check_id(self.env_id).trainer_kwargs(self.config.env_kwargs)
+
+    def _move(self, device: torch.device) -> None:
+        self.policy.to(device)
+        self.belief = self.belief.to(device)
+
+    def make_env(self, num_tasks: int, env_id: str | None = None, **kw: Any) -> BatchedTaskEnv:
+        """``num_tasks`` rows (one per task) of ``env_id`` (default: the trained family)."""
+        env_id = env_id or self.env_id
+        kwargs = {**(self.env_kwargs() if env_id == self.env_id else {}), **kw}
+        env = make_env(env_id, num_tasks, 1, str(self.device), self.config.env_backend, **kwargs)
+        self.check_env(env, f"family {env_id!r}")
+        return env
+
+    def explore(self, env: BatchedTaskEnv, episodes: int, seed: int = 0, det: Any = None) -> Any:
+        """:func:`meta_rl.rl.pearl.explore` on ``env``'s rows (tasks set), seeded; ``det``
+        (default: the run's ``eval_deterministic``): act with the actor's mode."""
+        from meta_rl.rl.pearl import explore
+
+        det = self.config.eval_deterministic if det is None else det
+        gen = torch.Generator(device=env.device).manual_seed(seed)
+        return explore(env, self.policy, self.config, int(episodes), gen, seed, det)
+
+    def adapt(self, env_or_task: Any, budget: int = 2, seed: int = 0) -> ContextAgent:
+        """A copy whose belief is the posterior of ``budget`` exploration episodes on one task
+        (episode 1 with z from the prior, each next one from the posterior so far)."""
+        if not isinstance(budget, (int, np.integer)) or budget < 0:
+            raise RunError(f"budget={budget!r} must be a number of episodes >= 0")
+        env_id, kwargs, task = self._resolve_target(env_or_task)
+        adapted = self._clone()
+        adapted.adapted_on = task
+        adapted.generator = torch.Generator(device=self.device).manual_seed(seed)
+        if budget > 0:
+            env = self.make_env(1, env_id, **kwargs)
+            env.set_tasks([task])
+            res = self.explore(env, int(budget), seed)
+            env.close()
+            adapted.belief = self.belief.posterior(res.z_mean[0], res.z_var[0])
+            adapted.adaptation_returns = res.returns[:, 0].tolist()
+        return adapted
+
+    @torch.no_grad()
+    def predict(
+        self, observation: Any, state: Any = None, episode_start: Any = None,
+        deterministic: bool = False,
+    ) -> tuple[np.ndarray, Any]:  # fmt: skip
+        """SB3's protocol; actions in the env's bounds, ``state`` each row's z."""
+        x, single = _as_batch(observation, self.policy.obs_dim, f"{self.observation_space}")
+        obs = torch.as_tensor(x, device=self.device)
+        action, z = self.belief.act(self.policy, obs, state, episode_start, self.generator,
+                                    deterministic)  # fmt: skip
+        out = action.cpu().numpy()
+        return (out[0] if single else out), z.cpu().numpy()
+
+    def _export_module(self) -> torch.jit.ScriptModule:
+        return script_context(self)

@@ -7,7 +7,9 @@ interval over the tasks:
 - gradient agents (MAML, Meta-SGD, Reptile): the mean episode return after 0, 1, ..., k inner
   policy-gradient steps (each step adapts on ``episodes`` fresh episodes per task);
 - memory agents (RL^2): the return of episode 1, 2, ..., n of one trial per task (and the trial's
-  total, the number the RL^2 paper reports).
+  total, the number the RL^2 paper reports);
+- context agents (PEARL): the return of episode 1, 2, ..., n per task, episode 1 with z from the
+  prior and episode i with z from the posterior of the transitions of episodes 1..i-1.
 
 Baselines on the same tasks and seeds:
 
@@ -57,7 +59,7 @@ import torch
 from meta_rl_envs import make_env
 from meta_rl_envs.registry import check_id
 
-from meta_rl.agent import Agent, GradientAgent, MemoryAgent, load
+from meta_rl.agent import Agent, ContextAgent, GradientAgent, MemoryAgent, load
 from meta_rl.config import ConfigError
 from meta_rl.report import (
     Budget,
@@ -415,6 +417,37 @@ def _memory_adaptation(
     return _Adaptation(series, tasks, int(episodes or 10), None, total)
 
 
+def _context_adaptation(
+    agent: ContextAgent,
+    family: str,
+    kwargs: dict[str, Any],
+    num_tasks: int,
+    split: str,
+    budget: int | None,
+    episodes: int | None,
+    seed: int,
+    deterministic: bool,
+) -> _Adaptation:
+    """Return of episode 1..n per task: episode 1 with z from the prior, episode i with z from
+    the posterior of episodes 1..i-1 (PEARL's protocol; the actor's mode when the run's
+    ``eval_deterministic`` or ``deterministic``)."""
+    n = int(budget if budget is not None else agent.config.eval_episodes)
+    env = agent.make_env(num_tasks, family, **kwargs)
+    tasks = env.sample_tasks(num_tasks, np.random.default_rng(seed), split)
+    env.set_tasks(tasks)
+    res = agent.explore(env, n, seed, deterministic or None)
+    env.close()
+    xs = _experience_before(res.lengths)
+    success = res.success.cpu().numpy() if res.success is not None else [None] * n
+    points = [
+        Point(i + 1, xs[i], _floats(res.returns[i].cpu()), _success(success[i])) for i in range(n)
+    ]
+    label = f"{agent.preset or 'PEARL'} (episode i, z from the posterior of episodes < i)"
+    series = Series("adapted", label, "agent", "episodes", tuple(with_gains(points)))
+    total = Point(n, float(res.lengths.double().sum(0).mean()), _floats(res.returns.sum(0).cpu()))
+    return _Adaptation(series, tasks, int(episodes or 10), None, total)
+
+
 def _no_adaptation(adapted: Series) -> Series:
     """The policy without adaptation: the agent's first point, one measurement."""
     first = adapted.points[0]
@@ -511,7 +544,13 @@ def evaluate_run(
         n_ppo = tasks if "ppo" in baselines else 0
         bar = _Progress(progress, 1 + n_ppo + int("reference" in baselines))
         bar.start(f"adaptation on {tasks} {split} tasks of {family}")
-        measure = _gradient_adaptation if isinstance(agent, GradientAgent) else _memory_adaptation
+        measure = (
+            _gradient_adaptation
+            if isinstance(agent, GradientAgent)
+            else _context_adaptation
+            if isinstance(agent, ContextAgent)
+            else _memory_adaptation
+        )
         ad = measure(agent, family, kwargs, tasks, split, budget, episodes, seed, deterministic)
         bar.done("adaptation")
         curve = ad.series
@@ -539,7 +578,7 @@ def evaluate_run(
         skipped: dict[str, str] = {}
         if "reference" in baselines:
             bar.start("references")
-            ref_episodes = len(curve.points) if isinstance(agent, MemoryAgent) else 1
+            ref_episodes = len(curve.points) if curve.unit == "episodes" else 1
             references, skipped = family_references(
                 family, kwargs, tasks, seed, split, ref_episodes
             )

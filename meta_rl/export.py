@@ -4,7 +4,9 @@ observation through ``torch.as_tensor``; computed in float32).
 
 - gradient agents: :class:`ExportedMLP`, ``policy(obs, deterministic=True, noise=None)``;
 - memory agents: :class:`ExportedRecurrent`, ``policy(trial_obs, state, deterministic, noise)
-  -> (action, state)`` with ``policy.initial_state(batch)`` (the warm memory after ``adapt``).
+  -> (action, state)`` with ``policy.initial_state(batch)`` (the warm memory after ``adapt``);
+- context agents (PEARL): :class:`ExportedContext`, ``policy(obs, z=None, deterministic, noise)``
+  (z: the belief's mean when None) and ``policy.posterior(context) -> (mean, var)``.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "ExportedContext",
     "ExportedMLP",
     "ExportedRecurrent",
     "flatten_state",
+    "script_context",
     "script_mlp",
     "script_recurrent",
     "unflatten_state",
@@ -205,3 +209,55 @@ class ExportedRecurrent(nn.Module):
         if noise is None:
             noise = torch.randn_like(head)
         return head + torch.exp(self.log_std) * noise, state
+
+
+def script_context(agent: Any) -> torch.jit.ScriptModule:
+    """A context (PEARL) agent's actor, encoder and belief as TorchScript."""
+    return torch.jit.script(ExportedContext(agent))
+
+
+class ExportedContext(nn.Module):
+    """TorchScript of a PEARL agent: ``forward(obs, z, deterministic, noise) -> action`` in the
+    env's bounds (``z`` None: the belief's mean, i.e. the posterior mean after ``adapt``) and
+    ``posterior(context [B, C, D]) -> (mean, var)`` (the product of the encoder's Gaussian
+    factors of a non-empty context)."""
+
+    def __init__(self, agent: Any) -> None:
+        super().__init__()
+        nets = copy.deepcopy(agent.policy).cpu().requires_grad_(False)
+        self.trunk, self.mean, self.log_std = nets.actor.trunk, nets.actor.mean, nets.actor.log_std
+        self.encoder = nets.encoder.net
+        self.latent = int(nets.latent)
+        belief = agent.belief.to("cpu")
+        for name in ("mean", "var", "low", "high"):
+            self.register_buffer(f"belief_{name}", getattr(belief, name).float().clone())
+
+    @torch.jit.export
+    def posterior(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, var)`` of q(z | context) for transitions ``context [B, C, D]``."""
+        out = self.encoder(context.to(self.belief_mean.dtype))
+        mu = out[..., : self.latent]
+        prec = 1.0 / torch.nn.functional.softplus(out[..., self.latent :]).clamp_min(1e-7)
+        var = 1.0 / prec.sum(-2)
+        return var * (mu * prec).sum(-2), var
+
+    def forward(
+        self,
+        obs: Tensor,
+        z: Tensor | None = None,
+        deterministic: bool = True,
+        noise: Tensor | None = None,
+    ) -> Tensor:
+        """Actions (env bounds) for ``obs [..., O]`` with ``z`` (default: the belief's mean);
+        the mode, or a sample with ``noise`` (standard normals; drawn when None)."""
+        x = obs.to(self.belief_mean.dtype)
+        if z is None:
+            z = self.belief_mean.expand(x.shape[:-1] + self.belief_mean.shape)
+        h = self.trunk(torch.cat([x, z.to(x.dtype)], -1))
+        u = self.mean(h)
+        if not deterministic:
+            if noise is None:
+                noise = torch.randn_like(u)
+            u = u + torch.exp(self.log_std(h).clamp(-20.0, 2.0)) * noise.to(u.dtype)
+        a = torch.tanh(u)
+        return self.belief_low + (a + 1.0) * 0.5 * (self.belief_high - self.belief_low)

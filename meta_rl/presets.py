@@ -17,7 +17,7 @@ from typing import Any
 
 from meta_rl.config import BaseConfig, ConfigError, apply_overrides
 from meta_rl.fewshot import gradient, mann, metric, ntm_copy
-from meta_rl.rl import maml, oracle, reptile, rl2
+from meta_rl.rl import maml, oracle, pearl, reptile, rl2
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,10 @@ def _grad(name: str, algorithm: str, task: str, summary: str) -> Preset:
 
 def _rl2(name: str, overrides: dict[str, Any], summary: str) -> Preset:
     return Preset(name, rl2.train, rl2.RL2Config, overrides, summary, data_parallel=True)
+
+
+def _pearl(name: str, overrides: dict[str, Any], summary: str) -> Preset:
+    return Preset(name, pearl.train, pearl.PEARLConfig, overrides, summary, data_parallel=True)
 
 
 def _maml(name: str, overrides: dict[str, Any], summary: str) -> Preset:
@@ -168,6 +172,56 @@ _ML1_MAML = {  # Meta-World's MAML-TRPO: 20 tasks x 10 episodes, one step of 0.1
     "iterations": 300,
     "eval_tasks": 10,
     "eval_episodes": 5,
+}
+
+# PEARL (Rakelly et al. 2019). Sparse point robot: PEARL's setting (goals on the unit half
+# circle, reward within 0.2, T=20; the critic learns from the dense reward, the encoder sees the
+# sparse one) with networks and batches sized for a CPU.
+_PEARL_SPARSE_POINT = {
+    "env_id": "MetaRL/SparsePoint-v0",
+    "critic_reward": "dense_reward",
+    "train_tasks": 40,
+    "hidden": 64,
+    "encoder_hidden": 64,
+    "meta_batch": 8,
+    "batch_size": 64,
+    "context_batch": 32,
+    "grad_steps": 100,
+    "initial_steps": 100,
+    "collect_tasks": 5,
+    "prior_steps": 100,
+    "posterior_steps": 100,
+    "replay_size": 20_000,
+    "lr": 1e-3,
+    "context_lr": 1e-3,
+    "iterations": 60,
+    "eval_every": 10,
+    "checkpoint_every": 10,
+    "num_threads": 1,
+}
+# HalfCheetahVel on a CPU budget (<= 60 min on 2 cores): the task setting (100 train /
+# 30 test tasks, latent 5, meta-batch 16) with smaller networks and batches and fewer gradient
+# steps per iteration than the paper's GPU setting (nets 300, batch 256, 2,000 steps/iteration).
+# The family's target velocities are U[0, 2] (train/test) and U[2, 3] (ood); the paper's U[0, 3].
+_PEARL_CHEETAH_CPU = {
+    **_CHEETAH_VEL,
+    "train_tasks": 100,
+    "eval_tasks": 30,
+    "latent_size": 5,
+    "hidden": 128,
+    "encoder_hidden": 128,
+    "meta_batch": 16,
+    "batch_size": 128,
+    "context_batch": 100,
+    "grad_steps": 250,
+    "initial_steps": 400,
+    "collect_tasks": 5,
+    "prior_steps": 200,
+    "posterior_steps": 400,
+    "replay_size": 20_000,
+    "iterations": 120,
+    "eval_every": 20,
+    "checkpoint_every": 10,
 }
 
 PRESETS: dict[str, Preset] = {
@@ -382,6 +436,16 @@ PRESETS: dict[str, Preset] = {
             "rl2-memory-vs-gru-baseline",
             {**_LONG_MEMORY_BANDIT, "policy": "gru", "hidden_size": 28},
             "RL^2, GRU-28 (6.7k params, matched to rl2-memory-vs-gru) on 20-armed bandits, n=40",
+        ),
+        _pearl(
+            "pearl-sparse-point",
+            _PEARL_SPARSE_POINT,
+            "PEARL on the sparse point robot (goal on a half circle, reward within 0.2), CPU size",
+        ),
+        _pearl(
+            "pearl-halfcheetah-vel-cpu",
+            _PEARL_CHEETAH_CPU,
+            "PEARL on HalfCheetahVel at a CPU budget (needs meta-rl[mujoco]; smaller nets/batches)",
         ),
         _maml(
             "maml-trpo-halfcheetah-vel",

@@ -209,7 +209,7 @@ class Report:
     run: str
     preset: str | None
     agent: str
-    """``gradient`` or ``memory``"""
+    """``gradient``, ``memory`` or ``context``"""
     checkpoint_step: int | None
     trained_env_id: str
     env_id: str
@@ -336,10 +336,13 @@ def _row_label(report: Report, series: Series, i: int) -> str:
     table prints it once, named for both."""
     if series.kind != "agent":
         return series.label
-    name = report.preset or ("RL^2" if report.agent == "memory" else "agent")
-    if i == 0:
-        return f"{name}, no adaptation" + (" (fresh memory)" if report.agent == "memory" else "")
-    return f"{name}, adapted" + (" (episode i of a trial)" if report.agent == "memory" else "")
+    kinds = {
+        "memory": ("RL^2", " (fresh memory)", " (episode i of a trial)"),
+        "context": ("PEARL", " (z from the prior)", " (z from the posterior of episodes < i)"),
+    }
+    default, first, later = kinds.get(report.agent, ("agent", "", ""))
+    name = report.preset or default
+    return f"{name}, no adaptation{first}" if i == 0 else f"{name}, adapted{later}"
 
 
 def markdown_table(report: Report) -> str:

@@ -38,6 +38,15 @@ def nav_actions(rng, space, rows, obs, row_tasks):
     return out.astype(np.float32)
 
 
+def sparse_actions(rng, space, rows, obs, row_tasks):
+    """Even rows walk straight at the goal (they reach the rewarded region), odd rows wander."""
+    goals = np.array([[math.cos(t.angle), math.sin(t.angle)] for t in row_tasks])
+    greedy = np.clip(goals - np.asarray(obs, dtype=np.float64), space.low, space.high)
+    out = random_actions(rng, space, rows)
+    out[::2] = greedy[::2]
+    return out.astype(np.float32)
+
+
 @dataclass(frozen=True)
 class Case:
     """One batched family under test: its id, constructor kwargs (shared by the scalar and the
@@ -62,6 +71,7 @@ CASES = [
     Case("MetaRL/TabularMDP-v0", {}, steps=25),
     Case("MetaRL/TabularMDP-v0", {"num_states": 4, "num_actions": 2, "horizon": 3}, steps=20),
     Case("MetaRL/CartPole-v0", {"horizon": 30}, steps=70, atol=1e-4),
+    Case("MetaRL/SparsePoint-v0", {"horizon": 12}, 40, policy=sparse_actions, stochastic=False),
 ]
 
 
