@@ -440,14 +440,14 @@ PRESETS: dict[str, Preset] = {
         _pearl(
             "pearl-sparse-point",
             _PEARL_SPARSE_POINT,
-            "PEARL on the sparse point robot (goal on a half circle, reward within 0.2); experimental: "
-            "not yet shown to learn (issue 16)",
+            "PEARL on the sparse point robot (goal on a half circle, reward within 0.2); "
+            "experimental: not yet shown to learn (issue 16)",
         ),
         _pearl(
             "pearl-halfcheetah-vel-cpu",
             _PEARL_CHEETAH_CPU,
-            "PEARL on HalfCheetahVel at a CPU budget (needs meta-rl[mujoco]); experimental: never run "
-            "to the end yet (issue 16)",
+            "PEARL on HalfCheetahVel at a CPU budget (needs meta-rl[mujoco]); "
+            "experimental: never run to the end yet (issue 16)",
         ),
         _maml(
             "maml-trpo-halfcheetah-vel",
