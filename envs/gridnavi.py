@@ -181,7 +181,7 @@ def oracle_return(goal_xy: np.ndarray, horizon: int) -> np.ndarray:
     return np.where(d <= horizon, found_return(np.maximum(d, 1), horizon), STEP_REWARD * horizon)
 
 
-BAYES_MAX_STATES = 1_000_000
+BAYES_MAX_STATES = 400_000
 """the exact search gives up (returns None) when a step holds more (position, ruled-out) states"""
 
 

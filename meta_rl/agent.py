@@ -53,6 +53,7 @@ __all__ = [
     "GradientAgent",
     "MemoryAgent",
     "SpaceMismatchError",
+    "VariBADAgent",
     "check_spaces",
     "load",
     "trial_episode_returns",
@@ -195,6 +196,7 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     from meta_rl.fewshot.metric import GlyphData
     from meta_rl.rl.maml import MetaPGConfig
     from meta_rl.rl.rl2 import RL2Config
+    from meta_rl.rl.varibad import VariBADConfig
 
     if isinstance(config, GlyphData):
         raise RunError(
@@ -204,11 +206,12 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
             "scripts/fewshot_results.py` evaluates few-shot presets on 1,000 held-out episodes. "
             "meta_rl.load and meta-rl evaluate read MAML / Meta-SGD / Reptile and RL^2 runs"
         )
-    if not isinstance(config, (MetaPGConfig, RL2Config)):
+    if not isinstance(config, (MetaPGConfig, RL2Config, VariBADConfig)):
         raise RunError(
             f"run {str(path)!r} (preset {info['preset']!r}, config {info['config_class']!r}) "
             "is not a meta-RL agent; meta_rl.load reads runs of the MAML / Meta-SGD / Reptile "
-            "trainers (meta_rl.rl.maml, meta_rl.rl.reptile) and of RL^2 (meta_rl.rl.rl2)"
+            "trainers (meta_rl.rl.maml, meta_rl.rl.reptile), of RL^2 (meta_rl.rl.rl2) and of "
+            "VariBAD (meta_rl.rl.varibad)"
         )
     if sidecar is not None:
         ck = load_checkpoint(sidecar, device="cpu")
@@ -217,6 +220,8 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     agent: Agent
     if isinstance(config, MetaPGConfig):
         agent = GradientAgent(path, info, config, ck)
+    elif isinstance(config, VariBADConfig):
+        agent = VariBADAgent(path, info, config, ck)
     else:
         agent = MemoryAgent(path, info, config, ck)
     return agent.to(device)
@@ -474,7 +479,7 @@ class MemoryAgent(Agent):
 
     def __init__(self, path: Path, info: dict[str, Any], config: Any, ck: Checkpoint) -> None:
         super().__init__(path, info, config, ck)
-        from meta_rl.rl.rl2 import make_policy, make_trial_env
+        from meta_rl.rl.rl2 import make_trial_env
 
         env = make_trial_env(config, 1, 1, torch.device("cpu"))
         self.observation_space = env.env.single_observation_space
@@ -483,14 +488,20 @@ class MemoryAgent(Agent):
         self.episodes_per_trial = int(config.episodes_per_trial)
         self.horizon = int(env.horizon)
         self.max_trial_length = int(env.max_trial_length)
-        self.policy = make_policy(config, env, config.seed + 1)
-        _restore(ck, dict(self.policy.state_dict()))
+        self.policy = self._load_policy(config, env, ck)
         self.policy.eval()
         self.warm_state: Any = None
         """the memory after :meth:`adapt` (None: a fresh trial)"""
         self.warm_tail: Tensor | None = None
         """previous action / reward / done of the last warm-up step"""
         self.warm_steps = 0
+
+    def _load_policy(self, config: Any, env: BatchedTrialEnv, ck: Checkpoint) -> Any:
+        from meta_rl.rl.rl2 import make_policy
+
+        policy = make_policy(config, env, config.seed + 1)
+        _restore(ck, dict(policy.state_dict()))
+        return policy
 
     def env_kwargs(self) -> dict[str, Any]:
         return check_id(self.env_id).trainer_kwargs(self.config.env_kwargs)
@@ -646,3 +657,43 @@ class MemoryAgent(Agent):
 
     def _export_module(self) -> torch.jit.ScriptModule:
         return script_recurrent(self)
+
+
+class VariBADAgent(MemoryAgent):
+    """A VariBAD agent: a :class:`MemoryAgent` whose memory is the encoder's belief
+    (:class:`meta_rl.rl.varibad.VariBADPolicy`); its decoders give :meth:`belief`."""
+
+    def _load_policy(self, config: Any, env: BatchedTrialEnv, ck: Checkpoint) -> Any:
+        from meta_rl.rl.varibad import make_model
+
+        self.model = make_model(config, env, config.seed + 1)
+        _restore(ck, dict(self.model.state_dict()))
+        self.model.eval()
+        return self.model.policy
+
+    def _move(self, device: torch.device) -> None:
+        self.model.to(device)
+        super()._move(device)
+
+    def belief(self, task: Any, seed: int = 0, deterministic: bool = False) -> dict[str, Any]:
+        """One trial on ``task`` from a fresh belief: the decoded hit probability of every cell
+        after each step (``probs`` ``[T + 1, cells]``, index 0: the prior), the cell where each
+        step began and ended, its reward and whether it began an episode (``[T]`` each)."""
+        from meta_rl.rl.rl2 import rollout
+        from meta_rl.rl.varibad import cell_belief
+
+        env = self.make_trial_env(1, self.episodes_per_trial)
+        env.set_tasks([task])
+        env.env.reset(seed=seed)
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        trials = rollout(env, self.policy, gen, deterministic)
+        d = self.policy.obs_dim
+        return {
+            "probs": cell_belief(self.model, trials, self.policy)[:, 0].cpu().numpy(),
+            "start_cells": self.model.cells(trials.obs[:, 0, :d]).cpu().numpy(),
+            "end_cells": self.model.cells(trials.next_obs[:, 0, :d]).cpu().numpy(),
+            "rewards": trials.rewards[:, 0].cpu().numpy(),
+            "episode_start": trials.obs[:, 0, -1].cpu().numpy() > 0,
+            "grid": self.model.grid,
+            "hit_threshold": float(self.model.hit_threshold),
+        }
