@@ -441,7 +441,6 @@ PRESETS: dict[str, Preset] = {
                 "latent_size": 5,
                 "encoder_hidden": 128,
                 "kl_weight": 0.1,
-                "state_decoder": True,
                 "policy_hidden": 128,
                 "init_log_std": 0.0,
                 "gamma": 0.97,
