@@ -389,12 +389,10 @@ class TrialBuffer:
         return {"size": self.size, "next": self.next, "data": data}
 
     def load(self, state: dict[str, Any], device: torch.device) -> None:
+        self.data, self.size, self.next = None, 0, 0
+        if int(state["size"]):  # the saved rows are the ring's slots 0 .. size - 1
+            self.add(TrialBatch(**{k: v.to(device) for k, v in state["data"].items()}))
         self.size, self.next = int(state["size"]), int(state["next"])
-        if self.size:
-            self.data = None
-            full = TrialBatch(**{k: v.to(device) for k, v in state["data"].items()})
-            self.add(full)
-            self.size, self.next = int(state["size"]), int(state["next"])
 
 
 # --------------------------------------------------------------------------------------------
