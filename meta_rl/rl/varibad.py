@@ -73,6 +73,8 @@ class VariBADConfig(BaseConfig):
     """keyword arguments of the family (e.g. {"horizon": 15})"""
     episodes_per_trial: int = field(default=4, metadata=bounds(ge=1))
     """episodes of one task in a trial (the belief lives for a trial)"""
+    env_workers: int = field(default=1, metadata=bounds(ge=1))
+    """processes stepping a family without a torch twin (e.g. MuJoCo), as RL^2's"""
     latent_size: int = field(default=5, metadata=bounds(ge=1))
     """task latent dimensions"""
     encoder_hidden: int = field(default=64, metadata=bounds(ge=1))
