@@ -377,7 +377,11 @@ def markdown_table(report: Report) -> str:
         lines += [
             "",
             f"Trial total ({report.budget.value} episodes): {_fmt(t.mean, t.ci95)}"
-            + "".join(f"; {r.name} {r.mean:.3f}" for r in report.references),
+            + "".join(
+                f"; {r.name} {r.mean:.3f}"
+                for r in report.references
+                if r.episodes == report.budget.value  # a whole trial's, not an episode's
+            ),
         ]
     for name, why in report.skipped_references.items():
         lines += ["", f"Reference {name} not computed: {why}."]
