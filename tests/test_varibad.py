@@ -292,7 +292,9 @@ def belief_metrics(tmp_path, **overrides) -> dict[str, float]:
     others = (after[:, cells].sum(-1) - after[rows, goal]) / (len(cells) - 1)
     mean, logvar = agent.policy.encode(trials.obs, trials.next_obs[-1])
     prior_kl = V._gauss_kl(mean[0, 0], logvar[0, 0], torch.zeros(5), torch.zeros(5))
+    chain = V._gauss_kl(mean[1:], logvar[1:], mean[:-1], logvar[:-1]).sum(0).mean()
     return {
+        "kl_chain": float(chain),
         "reached": float(reached.float().mean()),
         "p_goal_after_reaching": float(after[rows, goal][reached].mean()),
         "contrast": float((after[rows, goal] - others)[reached].mean()),
