@@ -305,10 +305,13 @@ def belief_metrics(tmp_path, **overrides) -> dict[str, float]:
 def check_belief(m: dict[str, float]) -> None:
     """What the test asserts: once the goal was reached the decoded probability at the true
     goal cell stands out from the other goal cells (the decoder loss's job; an untrained decoder
-    gives every cell the same probability), and the prior stays near N(0, I) (KL(q_0 || N(0, I))
-    < 1: the KL chain's job; without it nothing ties the posteriors to a prior)."""
+    gives every cell the same probability), and the belief moves only as far as the evidence
+    asks: the KL chain along a held-out trial stays small and the prior near N(0, I) (the KL
+    term's job). Measured (seed 0): full 0.252 contrast / 66 chain; without the decoder loss
+    0.006 contrast; without the KL term 8,038 chain."""
     assert m["reached"] > 0.2, m
     assert m["contrast"] > 0.1, m
+    assert m["kl_chain"] < 500.0, m
     assert m["prior_kl_to_standard_normal"] < 1.0, m
 
 
