@@ -9,6 +9,8 @@
     meta-rl evaluate RUN [--split test|ood] [--tasks N] [--budget K] [--baselines none,ppo,...]
                          [--ppo-multipliers 1,10[,100]] [--ppo-workers N] [--out DIR] [--json]
                          [--no-progress]
+    meta-rl zoo [NAME]                    pretrained agents shipped with meta-rl (meta_rl.cli_share)
+    meta-rl push RUN --repo ORG/NAME [--private] [--dry-run DIR]   upload to the Hugging Face Hub
 
 Bad input (unknown preset, bad ``--set``, a run folder that would be overwritten...) prints one
 line to stderr and exits with status 2; nothing is created before the config is valid.
@@ -28,6 +30,7 @@ from typing import Any
 
 from meta_rl.checkpoint import CheckpointError
 from meta_rl.cli_errors import check_device, nothing_to_resume, os_error_text, training_error
+from meta_rl.cli_share import add_parsers as add_share_parsers
 from meta_rl.config import ConfigError, describe, load_yaml
 from meta_rl.presets import PRESETS, PresetError, get_preset
 from meta_rl.runs import CONFIG_FILE, Run, RunError, RunFinished, read_run
@@ -566,6 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+    add_share_parsers(sub)  # meta-rl zoo, meta-rl push
     return parser
 
 
