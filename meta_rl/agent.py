@@ -685,7 +685,7 @@ class MemoryAgent(Agent):
 
 class VariBADAgent(MemoryAgent):
     """A VariBAD agent: a :class:`MemoryAgent` whose memory is the encoder's belief
-    (:class:`meta_rl.rl.varibad.VariBADPolicy`); its decoders give :meth:`belief`."""
+    (:class:`meta_rl.rl.varibad.VariBADPolicy`; :func:`meta_rl.belief.record_belief`)."""
 
     def _load_policy(self, config: Any, env: BatchedTrialEnv, ck: Checkpoint) -> Any:
         from meta_rl.rl.varibad import make_model
@@ -698,26 +698,3 @@ class VariBADAgent(MemoryAgent):
     def _move(self, device: torch.device) -> None:
         self.model.to(device)
         super()._move(device)
-
-    def belief(self, task: Any, seed: int = 0, deterministic: bool = False) -> dict[str, Any]:
-        """One trial on ``task`` from a fresh belief: the decoded hit probability of every cell
-        after each step (``probs`` ``[T + 1, cells]``, index 0: the prior), the cell where each
-        step began and ended, its reward and whether it began an episode (``[T]`` each)."""
-        from meta_rl.rl.rl2 import rollout
-        from meta_rl.rl.varibad import cell_belief
-
-        env = self.make_trial_env(1, self.episodes_per_trial)
-        env.set_tasks([task])
-        env.env.reset(seed=seed)
-        gen = torch.Generator(device=self.device).manual_seed(seed)
-        trials = rollout(env, self.policy, gen, deterministic)
-        d = self.policy.obs_dim
-        return {
-            "probs": cell_belief(self.model, trials, self.policy)[:, 0].cpu().numpy(),
-            "start_cells": self.model.cells(trials.obs[:, 0, :d]).cpu().numpy(),
-            "end_cells": self.model.cells(trials.next_obs[:, 0, :d]).cpu().numpy(),
-            "rewards": trials.rewards[:, 0].cpu().numpy(),
-            "episode_start": trials.obs[:, 0, -1].cpu().numpy() > 0,
-            "grid": self.model.grid,
-            "hit_threshold": float(self.model.hit_threshold),
-        }

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BELIEF_FILE", "BeliefStrip", "plot_belief"]
+__all__ = ["BELIEF_FILE", "BeliefStrip", "plot_belief", "record_belief"]
 
 BELIEF_FILE = "belief.png"
 
@@ -37,7 +37,8 @@ class BeliefStrip:
 
     @classmethod
     def of(cls, belief: dict[str, Any], task: dict[str, Any]) -> BeliefStrip:
-        """From :meth:`meta_rl.agent.VariBADAgent.belief`'s output."""
+        """From arrays: ``probs`` ``[T + 1, cells]``, ``start_cells``, ``end_cells``,
+        ``rewards``, ``episode_start`` ``[T]``, ``grid``, ``hit_threshold``."""
         return cls(
             tuple(int(g) for g in belief["grid"]),
             tuple(tuple(float(p) for p in row) for row in np.asarray(belief["probs"])),
@@ -60,6 +61,32 @@ class BeliefStrip:
         """The steps of each episode of the trial."""
         starts = [t for t, s in enumerate(self.episode_start) if s or t == 0]
         return [range(a, b) for a, b in zip(starts, [*starts[1:], len(self.rewards)], strict=True)]
+
+
+def record_belief(agent: Any, task: Any, seed: int = 0, deterministic: bool = False) -> BeliefStrip:
+    """One trial of a VariBAD agent (:class:`meta_rl.agent.VariBADAgent` with a "cells" reward
+    decoder) on ``task`` from a fresh belief, decoded after every step."""
+    import torch
+
+    from meta_rl.rl.rl2 import rollout
+    from meta_rl.rl.varibad import cell_belief
+
+    env = agent.make_trial_env(1, agent.episodes_per_trial)
+    env.set_tasks([task])
+    env.env.reset(seed=seed)
+    gen = torch.Generator(device=agent.device).manual_seed(seed)
+    trials = rollout(env, agent.policy, gen, deterministic)
+    d, model = agent.policy.obs_dim, agent.model
+    arrays = {
+        "probs": cell_belief(model, trials, agent.policy)[:, 0].cpu().numpy(),
+        "start_cells": model.cells(trials.obs[:, 0, :d]).cpu().numpy(),
+        "end_cells": model.cells(trials.next_obs[:, 0, :d]).cpu().numpy(),
+        "rewards": trials.rewards[:, 0].cpu().numpy(),
+        "episode_start": trials.obs[:, 0, -1].cpu().numpy() > 0,
+        "grid": model.grid,
+        "hit_threshold": float(model.hit_threshold),
+    }
+    return BeliefStrip.of(arrays, task.to_dict())
 
 
 def plot_belief(strip: BeliefStrip, path: str | Path) -> Path:

@@ -58,7 +58,7 @@ from meta_rl_envs import make_env
 from meta_rl_envs.registry import check_id
 
 from meta_rl.agent import Agent, GradientAgent, MemoryAgent, VariBADAgent, load
-from meta_rl.belief import BeliefStrip
+from meta_rl.belief import record_belief
 from meta_rl.config import ConfigError
 from meta_rl.report import (
     Budget,
@@ -550,7 +550,7 @@ def evaluate_run(
             bar.done("references")
         belief = None
         if isinstance(agent, VariBADAgent) and agent.model.kind == "cells":
-            belief = BeliefStrip.of(agent.belief(ad.tasks[0], seed), ad.tasks[0].to_dict())
+            belief = record_belief(agent, ad.tasks[0], seed)
     report = Report(
         run=str(agent.path),
         preset=agent.preset,
