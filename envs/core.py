@@ -30,6 +30,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import product
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -431,6 +432,49 @@ class TaskSpace:
     def describe(self) -> dict[str, str]:
         """``{parameter: its distribution and range, as text}`` (``meta-rl envs`` prints it)."""
         return {name: p.describe() for name, p in self.params.items()}
+
+
+class TrainOnlySpace(TaskSpace):
+    """A finite task space whose every task is a training task: it has no ``test`` split.
+
+    A finite space cannot hold unseen tasks; rather than hand out the training tasks as "test"
+    (the core's rule for finite spaces), asking for ``test`` raises and names what to do.
+    ``sample`` returns balanced batches: each of the ``k`` tasks ``n // k`` or ``n // k + 1``
+    times, as whole passes over the tasks in a fresh random order each (so a draw of ``m`` is the
+    first ``m`` tasks of a draw of ``n``)."""
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return ("train",)
+
+    def split_of(self, task: Task) -> str:
+        return "train"
+
+    def all_tasks(self) -> list[Task]:
+        names = list(self.params)
+        values = [self.params[n].values for n in names]  # type: ignore[attr-defined]
+        return [self.task_cls(**dict(zip(names, combo, strict=True))) for combo in product(*values)]
+
+    def sample(self, n: int, rng: Any, split: str = "train") -> list[Task]:
+        check_split(split)
+        if split == "test":
+            raise TaskError(
+                f"family {self.task_cls.family!r} has no test split: its tasks "
+                f"({self.describe()}) are all training tasks, so none is held out; evaluate "
+                "with split='train' (as the MAML paper did)"
+            )
+        if split == "ood":
+            return super().sample(n, rng, split)  # raises: no ood region
+        if not isinstance(n, (int, np.integer)) or n < 0:
+            raise TaskError(f"n={n!r} must be a non-negative integer")
+        rng = as_generator(rng)
+        tasks = self.all_tasks()
+        # Balanced and prefix-stable: passes over all k tasks, each pass in a fresh random order,
+        # so every task appears n // k or n // k + 1 times, and the first m of n are a draw of m.
+        order: list[int] = []
+        while len(order) < n:
+            order.extend(rng.permutation(len(tasks)).tolist())
+        return [tasks[i] for i in order[:n]]
 
 
 # --------------------------------------------------------------------------------------------

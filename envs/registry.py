@@ -226,6 +226,13 @@ _BUILTIN = [
         references="meta_rl_envs.references:tabular_references",
     ),
     FamilySpec(
+        "MetaRL/GridNavi-v0",
+        "meta_rl_envs.gridnavi:GridNaviEnv",
+        "GridNavi (VariBAD): 5x5 grid, hidden goal among 21 cells, +1 on it / -0.1, T=15",
+        batched="meta_rl_envs.gridnavi:BatchedGridNavi",
+        references="meta_rl_envs.gridnavi:gridnavi_references",
+    ),
+    FamilySpec(
         "MetaRL/CartPole-v0",
         "meta_rl_envs.classic:CartPoleFamily",
         "CartPole-v1 with sampled pole length, pole mass and cart mass",

@@ -54,6 +54,8 @@ from meta_rl.export import (
 from meta_rl.policies import distributions as D
 from meta_rl.rl.maml import adaptation_curve
 from meta_rl.runs import RunError, load_config, read_run, run_of_checkpoint
+from meta_rl.spaces import SpaceMismatchError, check_spaces
+from meta_rl.spaces import as_batch as _as_batch
 from meta_rl.trials import TrialResult, _select_state, trial_episode_returns
 
 log = logging.getLogger(__name__)
@@ -64,46 +66,11 @@ __all__ = [
     "GradientAgent",
     "MemoryAgent",
     "SpaceMismatchError",
+    "VariBADAgent",
     "check_spaces",
     "load",
     "trial_episode_returns",
 ]
-
-
-class SpaceMismatchError(RunError):
-    """A policy's observation or action space does not fit an env (names both spaces)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Spaces
-# --------------------------------------------------------------------------------------------
-def _space_key(space: gym.Space) -> tuple:
-    if isinstance(space, gym.spaces.Discrete):
-        return ("Discrete", int(space.n), int(space.start))
-    if isinstance(space, gym.spaces.Box):
-        return ("Box", tuple(space.shape))
-    return (type(space).__name__, getattr(space, "shape", None))
-
-
-def check_spaces(
-    policy_obs: gym.Space,
-    policy_act: gym.Space,
-    env_obs: gym.Space,
-    env_act: gym.Space,
-    where: str,
-) -> None:
-    """Raise :class:`SpaceMismatchError` unless the env's spaces fit the policy's: the same kind,
-    the same shape (Box; bounds may differ) or the same number of actions (Discrete)."""
-    problems = []
-    if _space_key(policy_obs) != _space_key(env_obs):
-        problems.append(f"observation space {env_obs} (policy: {policy_obs})")
-    if _space_key(policy_act) != _space_key(env_act):
-        problems.append(f"action space {env_act} (policy: {policy_act})")
-    if problems:
-        raise SpaceMismatchError(
-            f"{where} does not fit the policy: {'; '.join(problems)}. An agent runs on a family "
-            "whose observation and action spaces have the shapes it was trained on"
-        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +103,7 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     from meta_rl.rl.maml import MetaPGConfig
     from meta_rl.rl.pearl import PEARLConfig
     from meta_rl.rl.rl2 import RL2Config
+    from meta_rl.rl.varibad import VariBADConfig
 
     if isinstance(config, GlyphData):
         raise RunError(
@@ -145,12 +113,12 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
             "scripts/fewshot_results.py` evaluates few-shot presets on 1,000 held-out episodes. "
             "meta_rl.load and meta-rl evaluate read MAML / Meta-SGD / Reptile and RL^2 runs"
         )
-    if not isinstance(config, (MetaPGConfig, RL2Config, PEARLConfig)):
+    if not isinstance(config, (MetaPGConfig, RL2Config, PEARLConfig, VariBADConfig)):
         raise RunError(
             f"run {str(path)!r} (preset {info['preset']!r}, config {info['config_class']!r}) "
             "is not a meta-RL agent; meta_rl.load reads runs of the MAML / Meta-SGD / Reptile "
-            "trainers (meta_rl.rl.maml, meta_rl.rl.reptile), of RL^2 (meta_rl.rl.rl2) and of "
-            "PEARL (meta_rl.rl.pearl)"
+            "trainers (meta_rl.rl.maml, meta_rl.rl.reptile), of RL^2 (meta_rl.rl.rl2), of "
+            "PEARL (meta_rl.rl.pearl) and VariBAD (meta_rl.rl.varibad)"
         )
     if sidecar is not None:
         ck = load_checkpoint(sidecar, device="cpu")
@@ -161,6 +129,8 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
         agent = GradientAgent(path, info, config, ck)
     elif isinstance(config, PEARLConfig):
         agent = ContextAgent(path, info, config, ck)
+    elif isinstance(config, VariBADConfig):
+        agent = VariBADAgent(path, info, config, ck)
     else:
         agent = MemoryAgent(path, info, config, ck)
     return agent.to(device)
@@ -193,19 +163,6 @@ def _restore(ck: Checkpoint, named: dict[str, Tensor]) -> None:
     with torch.no_grad():
         for k, v in named.items():
             v.copy_(ck.tensors[k])
-
-
-def _as_batch(obs: Any, size: int, what: str) -> tuple[np.ndarray, bool]:
-    """(obs as float32 [B, size], whether a single observation was given)."""
-    x = np.asarray(obs, dtype=np.float32)
-    if x.ndim == 1 and x.shape[0] == size:
-        return x[None], True
-    if x.ndim == 2 and x.shape[1] == size:
-        return x, False
-    raise SpaceMismatchError(
-        f"predict got an observation of shape {tuple(np.shape(obs))}; this agent takes "
-        f"[{size}] or [n_envs, {size}] ({what})"
-    )
 
 
 class Agent:
@@ -435,7 +392,7 @@ class MemoryAgent(Agent):
 
     def __init__(self, path: Path, info: dict[str, Any], config: Any, ck: Checkpoint) -> None:
         super().__init__(path, info, config, ck)
-        from meta_rl.rl.rl2 import make_policy, make_trial_env
+        from meta_rl.rl.rl2 import make_trial_env
 
         env = make_trial_env(config, 1, 1, torch.device("cpu"))
         self.observation_space = env.env.single_observation_space
@@ -444,14 +401,20 @@ class MemoryAgent(Agent):
         self.episodes_per_trial = int(config.episodes_per_trial)
         self.horizon = int(env.horizon)
         self.max_trial_length = int(env.max_trial_length)
-        self.policy = make_policy(config, env, config.seed + 1)
-        _restore(ck, dict(self.policy.state_dict()))
+        self.policy = self._load_policy(config, env, ck)
         self.policy.eval()
         self.warm_state: Any = None
         """the memory after :meth:`adapt` (None: a fresh trial)"""
         self.warm_tail: Tensor | None = None
         """previous action / reward / done of the last warm-up step"""
         self.warm_steps = 0
+
+    def _load_policy(self, config: Any, env: BatchedTrialEnv, ck: Checkpoint) -> Any:
+        from meta_rl.rl.rl2 import make_policy
+
+        policy = make_policy(config, env, config.seed + 1)
+        _restore(ck, dict(policy.state_dict()))
+        return policy
 
     def env_kwargs(self) -> dict[str, Any]:
         """The family's trainer defaults updated by the run's ``env_kwargs``."""
@@ -690,3 +653,20 @@ class ContextAgent(Agent):
 
     def _export_module(self) -> torch.jit.ScriptModule:
         return script_context(self)
+
+
+class VariBADAgent(MemoryAgent):
+    """A VariBAD agent: a :class:`MemoryAgent` whose memory is the encoder's belief
+    (:class:`meta_rl.rl.varibad.VariBADPolicy`; :func:`meta_rl.belief.record_belief`)."""
+
+    def _load_policy(self, config: Any, env: BatchedTrialEnv, ck: Checkpoint) -> Any:
+        from meta_rl.rl.varibad import make_model
+
+        self.model = make_model(config, env, config.seed + 1)
+        _restore(ck, dict(self.model.state_dict()))
+        self.model.eval()
+        return self.model.policy
+
+    def _move(self, device: torch.device) -> None:
+        self.model.to(device)
+        super()._move(device)

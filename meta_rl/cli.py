@@ -461,6 +461,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     else:
         print(markdown_table(report))
         print(f"\nwrote {paths['report']} and {paths['plot']}")
+        if "belief" in paths:
+            print(f"wrote the belief picture {paths['belief']}")
     return 0
 
 

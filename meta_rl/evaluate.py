@@ -49,7 +49,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,15 @@ import torch
 from meta_rl_envs import make_env
 from meta_rl_envs.registry import check_id
 
-from meta_rl.agent import Agent, ContextAgent, GradientAgent, MemoryAgent, load
+from meta_rl.agent import (
+    Agent,
+    ContextAgent,
+    GradientAgent,
+    MemoryAgent,
+    VariBADAgent,
+    load,
+)
+from meta_rl.belief import record_belief
 from meta_rl.config import ConfigError
 from meta_rl.report import (
     Budget,
@@ -582,7 +590,13 @@ def evaluate_run(
             references, skipped = family_references(
                 family, kwargs, tasks, seed, split, ref_episodes
             )
+            if ref_episodes > 1:  # memory agents: each reference's first episode too
+                first, _ = family_references(family, kwargs, tasks, seed, split, 1)
+                references += [replace(r, name=f"{r.name} (episode 1)") for r in first]
             bar.done("references")
+        belief = None
+        if isinstance(agent, VariBADAgent) and agent.model.kind == "cells":
+            belief = record_belief(agent, ad.tasks[0], seed)
     report = Report(
         run=str(agent.path),
         preset=agent.preset,
@@ -603,6 +617,7 @@ def evaluate_run(
         references=references,
         skipped_references=skipped,
         trial_return=ad.trial_return,
+        belief=belief,
         seconds=time.perf_counter() - t_start,
         created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     )

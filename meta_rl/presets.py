@@ -17,7 +17,7 @@ from typing import Any
 
 from meta_rl.config import BaseConfig, ConfigError, apply_overrides
 from meta_rl.fewshot import gradient, mann, metric, ntm_copy
-from meta_rl.rl import maml, oracle, pearl, reptile, rl2
+from meta_rl.rl import maml, oracle, pearl, reptile, rl2, varibad
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,11 @@ def _grad(name: str, algorithm: str, task: str, summary: str) -> Preset:
     )
 
 
+def _varibad(name: str, overrides: dict[str, Any], summary: str) -> Preset:
+    # not data-parallel: the VAE's buffer of recent trials is not sharded over ranks
+    return Preset(name, varibad.train, varibad.VariBADConfig, overrides, summary)
+
+
 def _rl2(name: str, overrides: dict[str, Any], summary: str) -> Preset:
     return Preset(name, rl2.train, rl2.RL2Config, overrides, summary, data_parallel=True)
 
@@ -135,6 +140,9 @@ _TABULAR_MEMORY = {  # rows keyed by where the step came from; memory holds the 
     "transition_keys": True,
 }
 _NAV = {"env_id": "MetaRL/PointNav-v0", "episodes_per_trial": 2}
+# GridNavi (VariBAD): trials of 4 episodes of 15 steps; the 21 goals are all training goals
+_GRID = {"env_id": "MetaRL/GridNavi-v0", "episodes_per_trial": 4, "eval_split": "train"}
+_GRID_ITERATIONS, _GRID_TASKS = 1200, 32  # 1200 x 32 trials x 60 steps = 2.3M env steps
 _MANN = {"policy": "memory"}
 # long memory demand: 20 arms x 40 pulls (scripts/memory_vs_gru.py compares the two policies)
 _LONG_MEMORY_BANDIT = {
@@ -381,6 +389,55 @@ PRESETS: dict[str, Preset] = {
             },
             "RL^2 (GRU) on 2D point navigation, trials of 2 episodes of 100 steps",
         ),
+        _varibad(
+            "varibad-gridnavi",
+            {
+                **_GRID,
+                "reward_decoder": "cells",
+                "hit_threshold": 0.0,
+                "kl_weight": 0.01,
+                "latent_size": 5,
+                "encoder_hidden": 64,
+                "lr": 1e-3,
+                "update_epochs": 4,
+                "clip": 0.2,
+                "ent_coef": 0.05,
+                "ent_final_fraction": 0.1,
+                "eval_every": 100,
+                "checkpoint_every": 100,
+                "iterations": _GRID_ITERATIONS,
+                "tasks_per_iteration": _GRID_TASKS,
+            },
+            "VariBAD on GridNavi (5x5, 4 episodes of 15 steps), per-cell reward decoder",
+        ),
+        _rl2(
+            "rl2-gridnavi",
+            {
+                **_GRID,
+                "hidden_size": 128,
+                "ent_coef": 0.05,
+                "ent_final_fraction": 0.1,
+                "eval_every": 100,
+                "checkpoint_every": 100,
+                "iterations": _GRID_ITERATIONS,
+                "tasks_per_iteration": _GRID_TASKS,
+            },
+            "RL^2 (GRU) on GridNavi at varibad-gridnavi's env steps (the comparison)",
+        ),
+        _varibad(
+            "varibad-pointnav",
+            {
+                **_NAV,
+                "kl_weight": 0.1,
+                "init_log_std": -2.3,
+                "reward_scale": 0.1,
+                "tasks_per_iteration": 64,
+                "iterations": 300,
+                "eval_tasks": 500,
+                "vae_subsample": 50,
+            },
+            "VariBAD on 2D point navigation, trials of 2 episodes of 100 steps, MLP reward decoder",
+        ),
         _rl2(
             "rl2-mann-bandits",
             {
@@ -472,6 +529,30 @@ PRESETS: dict[str, Preset] = {
                 "references": False,
             },
             "RL^2 (GRU) on HalfCheetahVel, trials of 2 episodes of 200 steps (VariBAD's setting)",
+        ),
+        _varibad(
+            "varibad-halfcheetah-vel-cpu",
+            {
+                **_CHEETAH_VEL,
+                "episodes_per_trial": 2,
+                "latent_size": 5,
+                "encoder_hidden": 128,
+                "kl_weight": 0.1,
+                "policy_hidden": 128,
+                "init_log_std": 0.0,
+                "gamma": 0.97,
+                "lr": 3e-4,
+                "tasks_per_iteration": 16,
+                "iterations": 300,
+                "vae_buffer": 200,
+                "vae_batch": 16,
+                "vae_subsample": 40,
+                "eval_tasks": 40,
+                "eval_split": "test",
+                "references": False,
+            },
+            "VariBAD on HalfCheetahVel for 2 CPU cores (trials of 2 x 200 steps; needs "
+            "meta-rl[mujoco]; sized to <= 60 min, not yet run to the end here)",
         ),
         _maml(
             "maml-trpo-ml1-reach",

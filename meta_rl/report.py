@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from meta_rl_envs.stats import Estimate, mean_ci95
 
+from meta_rl.belief import BELIEF_FILE, BeliefStrip, plot_belief
 from meta_rl.checkpoint import atomic_write
 
 __all__ = [
@@ -232,6 +233,8 @@ class Report:
     created: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
     """free-form additions kept in the JSON (e.g. a script's training time)"""
+    belief: BeliefStrip | None = None
+    """VariBAD agents with a per-cell decoder: the belief over one trial (``belief.png``)"""
 
     @property
     def adapted(self) -> Series:
@@ -273,6 +276,7 @@ class Report:
             "ppo": self.ppo_note,
             "tasks": self.tasks,
             "seconds": self.seconds,
+            **({"belief": self.belief.to_dict()} if self.belief is not None else {}),
             **self.extra,
         }
 
@@ -312,6 +316,7 @@ class Report:
             seconds=float(d.get("seconds", 0.0)),
             created=d.get("created", ""),
             extra={k: v for k, v in d.items() if k not in known},
+            belief=BeliefStrip.from_dict(d["belief"]) if d.get("belief") else None,
         )
 
 
@@ -387,7 +392,11 @@ def markdown_table(report: Report) -> str:
         lines += [
             "",
             f"Trial total ({report.budget.value} episodes): {_fmt(t.mean, t.ci95)}"
-            + "".join(f"; {r.name} {r.mean:.3f}" for r in report.references),
+            + "".join(
+                f"; {r.name} {r.mean:.3f}"
+                for r in report.references
+                if r.episodes == report.budget.value  # a whole trial's, not an episode's
+            ),
         ]
     for name, why in report.skipped_references.items():
         lines += ["", f"Reference {name} not computed: {why}."]
@@ -465,9 +474,13 @@ def plot_report(report: Report, path: str | Path) -> Path:
 
 
 def write_outputs(report: Report, out: str | Path) -> dict[str, Path]:
-    """Write ``report.json`` and ``adaptation.png`` into folder ``out``."""
+    """Write ``report.json`` and ``adaptation.png`` into folder ``out`` (and ``belief.png`` when
+    the report holds a belief picture)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rpath = out / REPORT_FILE
     atomic_write(rpath, json.dumps(report.to_dict(), indent=2).encode())
-    return {"report": rpath, "plot": plot_report(report, out / PLOT_FILE)}
+    paths = {"report": rpath, "plot": plot_report(report, out / PLOT_FILE)}
+    if report.belief is not None:
+        paths["belief"] = plot_belief(report.belief, out / BELIEF_FILE)
+    return paths

@@ -47,6 +47,21 @@ def sparse_actions(rng, space, rows, obs, row_tasks):
     return out.astype(np.float32)
 
 
+def grid_actions(size: int):
+    """Even rows walk to the goal cell ``x * size + y`` and stay (+1 rewards), odd rows wander
+    (and bump into the walls)."""
+
+    def policy(rng, space, rows, obs, row_tasks):
+        out = random_actions(rng, space, rows)
+        for r in range(0, rows, 2):
+            gx, gy = divmod(int(row_tasks[r].goal), size)
+            x, y = (int(v) for v in obs[r])
+            out[r] = 4 if gx > x else 3 if gx < x else 1 if gy > y else 2 if gy < y else 0
+        return out
+
+    return policy
+
+
 @dataclass(frozen=True)
 class Case:
     """One batched family under test: its id, constructor kwargs (shared by the scalar and the
@@ -72,6 +87,8 @@ CASES = [
     Case("MetaRL/TabularMDP-v0", {"num_states": 4, "num_actions": 2, "horizon": 3}, steps=20),
     Case("MetaRL/CartPole-v0", {"horizon": 30}, steps=70, atol=1e-4),
     Case("MetaRL/SparsePoint-v0", {"horizon": 12}, 40, policy=sparse_actions, stochastic=False),
+    Case("MetaRL/GridNavi-v0", {}, steps=40, policy=grid_actions(5), stochastic=False),
+    Case("MetaRL/GridNavi-v0", {"size": 3, "horizon": 4}, 20, grid_actions(3), stochastic=False),
 ]
 
 

@@ -238,8 +238,11 @@ def test_memory_agent_episode_curve_and_bandit_references(mem_run):
     refs = {r.name: r for r in report.references}
     assert refs["bayes_optimal"].mean == pytest.approx(6.66, abs=0.01)  # exact DP, n=10
     assert refs["bayes_optimal"].per_episode == pytest.approx(0.666, abs=0.001)
-    # the family's references, the same set RL^2's final metrics report
-    assert set(refs) == {"bayes_optimal", "thompson", "ucb1", "greedy", "random"}
+    # the family's references, the same set RL^2's final metrics report, and each one's first
+    # episode (a trial of one pull: Bayes-optimal 0.5)
+    names = {"bayes_optimal", "thompson", "ucb1", "greedy", "random"}
+    assert set(refs) == names | {f"{n} (episode 1)" for n in names}
+    assert refs["bayes_optimal (episode 1)"].mean == pytest.approx(0.5)
     ppo = report.series[-1]
     assert ppo.name == "ppo" and ppo.points[0].budget == 9
     assert "Trial total (10 episodes)" in markdown_table(report)
@@ -338,7 +341,8 @@ def test_many_armed_bandit_skips_the_reference_it_cannot_compute(tmp_path, capsy
     report = evaluate_run(run, tasks=3, baselines=("none", "reference"))
     assert list(report.skipped_references) == ["bayes_optimal"]
     assert "too large for the exact bandit DP" in report.skipped_references["bayes_optimal"]
-    assert {r.name for r in report.references} == {"thompson", "ucb1", "greedy", "random"}
+    whole_trial = {r.name for r in report.references if "(episode 1)" not in r.name}
+    assert whole_trial == {"thompson", "ucb1", "greedy", "random"}
     table = markdown_table(report)
     assert "not computed" in table and "DP" in table
     code = main(["evaluate", str(run), "--tasks", "3", "--baselines", "reference", "--out",

@@ -279,6 +279,9 @@ class Trials:
     """the row was inside its trial at this step"""
     trial_end: torch.Tensor
     """this step ended the row's trial"""
+    next_obs: torch.Tensor
+    """the trial observation after this step (the finished episode's last one where an
+    episode ended: ``info["final_obs"]``)"""
 
     def totals(self) -> torch.Tensor:
         """Total reward of every row's trial: ``[N]``."""
@@ -314,6 +317,7 @@ def rollout(
             ("rewards", reward),
             ("active", info["active"]),
             ("trial_end", terminated | truncated),
+            ("next_obs", info["final_obs"]),
         ):
             buf[key].append(val)
         obs = next_obs
