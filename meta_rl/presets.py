@@ -408,7 +408,8 @@ PRESETS: dict[str, Preset] = {
                 "iterations": _GRID_ITERATIONS,
                 "tasks_per_iteration": _GRID_TASKS,
             },
-            "VariBAD on GridNavi (5x5, 4 episodes of 15 steps), per-cell reward decoder",
+            "VariBAD on GridNavi (5x5, 4 episodes of 15 steps), per-cell reward decoder; "
+            "experimental: not yet shown above RL^2 (issue 17)",
         ),
         _rl2(
             "rl2-gridnavi",
@@ -436,7 +437,8 @@ PRESETS: dict[str, Preset] = {
                 "eval_tasks": 500,
                 "vae_subsample": 50,
             },
-            "VariBAD on 2D point navigation, trials of 2 episodes of 100 steps, MLP reward decoder",
+            "VariBAD on 2D point navigation, trials of 2 episodes of 100 steps, MLP reward "
+            "decoder; experimental: never run to the end yet (issue 17)",
         ),
         _rl2(
             "rl2-mann-bandits",
