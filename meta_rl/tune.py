@@ -393,8 +393,8 @@ def tune(settings: TuneSettings) -> TuneResult:
     try:
         storage = _storage(settings.storage_url)
         study = _study(plan, storage)
-        requeued = _requeue_killed(study, storage)
         before = {t.number for t in study.get_trials(deepcopy=False)}
+        requeued = _requeue_killed(study, storage)
         missing = settings.trials - len(_finished(study))
         if missing > 0:
             log.info(

@@ -16,6 +16,8 @@ from meta_rl.checkpoint import atomic_write
 
 __all__ = ["trial_rows", "write_best", "plot_history", "plot_importance", "write_outputs"]
 
+MIN_IMPORTANCE_TRIALS = 4
+"""complete trials below which no importances are computed (the figure says so)"""
 _STATE_STYLE = {  # state -> (marker, colour, label)
     "COMPLETE": ("o", "tab:blue", "complete"),
     "PRUNED": ("x", "tab:red", "pruned (last reported value)"),
@@ -143,12 +145,15 @@ def plot_importance(study: Any, info: Mapping[str, Any], path: Path) -> tuple[Pa
     importances: dict[str, float] = {}
     why = ""
     complete = [t for t in study.trials if t.state.name == "COMPLETE"]
-    try:
-        importances = optuna.importance.get_param_importances(
-            study, evaluator=_evaluator(len(complete), int(info["seed"]))
-        )
-    except (RuntimeError, ValueError, ZeroDivisionError) as err:  # < 2 trials, one value
-        why = str(err).splitlines()[0] if str(err) else type(err).__name__
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        why = f"{len(complete)} complete trials (needs {MIN_IMPORTANCE_TRIALS})"
+    else:
+        try:
+            importances = optuna.importance.get_param_importances(
+                study, evaluator=_evaluator(len(complete), int(info["seed"]))
+            )
+        except (RuntimeError, ValueError, ZeroDivisionError) as err:  # e.g. one value only
+            why = str(err).splitlines()[0] if str(err) else type(err).__name__
     fig, ax = plt.subplots(figsize=(6, 0.5 + 0.5 * max(1, len(importances))))
     if importances:
         names = list(importances)[::-1]

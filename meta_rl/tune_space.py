@@ -187,7 +187,11 @@ class Space:
 
 def read_space(path: str | Path) -> Space:
     """The search space of a YAML file (see the module docstring)."""
-    return Space.parse(load_yaml(path), f"search space {str(path)!r}")
+    try:
+        data = load_yaml(path)
+    except ConfigError as err:  # YAML's messages span lines (with a caret): one line here
+        raise ConfigError(" ".join(line.strip() for line in str(err).splitlines()[:3])) from None
+    return Space.parse(data, f"search space {str(path)!r}")
 
 
 # --------------------------------------------------------------------------------------------
