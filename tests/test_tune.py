@@ -6,15 +6,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import optuna
 import pytest
 import yaml
 
-from meta_rl.cli import _read_spec, main
-from meta_rl.config import ConfigError
-from meta_rl.presets import PRESETS, get_preset
-from meta_rl.tune import STUDY_NAME, TuneSettings, budget_iterations, trial_schedule, tune
-from meta_rl.tune_space import DEFAULT_SPACES, Space, default_space, read_space
+optuna = pytest.importorskip("optuna", reason="meta-rl tune needs the tune extra")
+
+from meta_rl.cli import _read_spec, main  # noqa: E402
+from meta_rl.config import ConfigError  # noqa: E402
+from meta_rl.presets import PRESETS, get_preset  # noqa: E402
+from meta_rl.tune import STUDY_NAME, TuneSettings, budget_iterations, trial_schedule, tune  # noqa: E402
+from meta_rl.tune_space import DEFAULT_SPACES, Space, default_space, read_space  # noqa: E402
 
 # a sinusoid MAML small enough for CI: a trial of 4 iterations is well under a second
 TINY = [
