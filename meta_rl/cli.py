@@ -478,6 +478,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     settings = tune.TuneSettings(
         args.preset, args.trials, out, Path(args.space) if args.space else None, args.sampler,
         args.pruner, args.jobs, args.storage, args.budget, args.reports, args.seed, args.set,
+        not args.no_preset_trial,
     )  # fmt: skip
     result = tune.tune(settings)
     if args.json:
@@ -610,6 +611,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="tune folder (default: runs/tune-PRESET; re-run to resume)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the trials")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed value")
+    p.add_argument(
+        "--no-preset-trial", action="store_true", help="do not start with the preset's strategy"
+    )
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(func=cmd_tune)
     return parser

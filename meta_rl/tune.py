@@ -76,6 +76,8 @@ class TuneSettings:
     """seed of the sampler and of every trial's training (so trials differ only in strategy)"""
     overrides: Sequence[str] = ()
     """``key=value`` config values fixed for every trial (and kept in best.yaml)"""
+    preset_trial: bool = True
+    """a fresh study's first trial is the preset's own strategy"""
 
     @property
     def storage_url(self) -> str:
@@ -222,7 +224,7 @@ def _pruner(plan: _Plan) -> Any:
 def _study(plan: _Plan, storage: Any) -> Any:
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # failed trials: one line of ours
     study = optuna.create_study(
         storage=storage,
         study_name=STUDY_NAME,
@@ -299,6 +301,13 @@ class _Objective:
         self.plan = plan
 
     def __call__(self, trial: Any) -> float:
+        try:
+            return self._train(trial)
+        except (*TRIAL_ERRORS, ConfigError) as err:  # the trial fails, the study goes on
+            log.warning("trial %d failed: %s", trial.number, str(err).splitlines()[0])
+            raise
+
+    def _train(self, trial: Any) -> float:
         plan = self.plan
         params = plan.space.suggest(trial)
         try:
@@ -341,6 +350,32 @@ def _finished(study: Any) -> list[Any]:
     return [
         t for t in study.get_trials(deepcopy=False, states=done) if not t.user_attrs.get("killed")
     ]
+
+
+def preset_strategy(plan: _Plan) -> dict[str, Any]:
+    """The preset's own values of the searched fields that lie in the space (a field the
+    preset leaves at ``None``, e.g. "the task's default inner_lr", is left out)."""
+    base = plan.preset.make_config(plan.fixed)
+    out = {}
+    for p in plan.space.params:
+        value = _value(base, p.name)
+        if p.kind == "categorical":
+            inside = value in p.choices
+        else:
+            inside = isinstance(value, (int, float)) and p.low <= value <= p.high
+        if inside:
+            out[p.name] = value
+    return out
+
+
+def _enqueue_preset(study: Any, plan: _Plan) -> None:
+    """A fresh study's first trial is the preset's own strategy (the yardstick every other
+    trial is judged against in the plots; fields it leaves unset are drawn)."""
+    if study.get_trials(deepcopy=False):
+        return
+    values = preset_strategy(plan)
+    study.enqueue_trial(values, user_attrs={"preset_strategy": True})
+    log.info("trial 0 is the preset's strategy %s", values)
 
 
 def _requeue_killed(study: Any, storage: Any) -> dict[int, int]:
@@ -394,6 +429,8 @@ def tune(settings: TuneSettings) -> TuneResult:
         storage = _storage(settings.storage_url)
         study = _study(plan, storage)
         before = {t.number for t in study.get_trials(deepcopy=False)}
+        if settings.preset_trial:
+            _enqueue_preset(study, plan)
         requeued = _requeue_killed(study, storage)
         missing = settings.trials - len(_finished(study))
         if missing > 0:

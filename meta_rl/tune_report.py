@@ -99,6 +99,10 @@ def plot_history(rows: list[dict[str, Any]], info: Mapping[str, Any], path: Path
             if best is None or (v > best if maximize else v < best):
                 best = v
             best_xy.append((r["number"], best))
+    for r, v in zip(rows, shown, strict=True):
+        if r.get("preset_strategy") and v is not None and math.isfinite(v):
+            ax.scatter([r["number"]], [v], s=160, facecolors="none", edgecolors="tab:green",
+                       label="the preset's strategy")  # fmt: skip
     if best_xy:
         xs, ys = zip(*best_xy, strict=True)
         ax.step(xs, ys, where="post", color="black", lw=1, label="best so far")
