@@ -52,6 +52,8 @@ def test_tiny_study_writes_best_config_plots_and_summary(tmp_path, capsys):
     for name in ("best.yaml", "history.png", "importance.png", "summary.json", "study.db"):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "summary.json").read_text())
+    first = summary["trials"][0]  # the preset's own strategy (its inner_lr None: drawn)
+    assert first["preset_strategy"] is True and first["params"]["algorithm"] == "maml"
     done = [t for t in summary["trials"] if t["state"] == "COMPLETE"]
     assert min(t["value"] for t in done) == pytest.approx(result.best_value)
     # each complete trial trained the short budget in its own run folder, evaluated twice
