@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from meta_rl.checkpoint import atomic_write
@@ -83,6 +84,9 @@ def plot_history(rows: list[dict[str, Any]], info: Mapping[str, Any], path: Path
     shown = [r["value"] if r["state"] == "COMPLETE" else r["last_reported"] for r in rows]
     finite = [v for v in shown if v is not None and math.isfinite(v)]
     edge = (max(finite) if not maximize else min(finite)) if finite else 0.0
+    if not maximize and finite and min(finite) > 0:  # losses: keep blow-ups off the scale
+        edge = min(edge, 100 * float(np.median(finite)))
+        shown = [v if v is None or not math.isfinite(v) else min(v, edge) for v in shown]
     for state, (marker, colour, label) in _STATE_STYLE.items():
         pts = [
             (r["number"], edge if v is None or not math.isfinite(v) else v)
@@ -126,11 +130,16 @@ def plot_history(rows: list[dict[str, Any]], info: Mapping[str, Any], path: Path
             alpha=0.8,
             lw=1,
         )
+    if not maximize and finite and min(finite) > 0:
+        ax.set_ylim(top=edge * 2)
+        ax.text(0.01, 0.99, f"values above {edge:.3g} and failed trials drawn at the top",
+                transform=ax.transAxes, va="top", fontsize=7)  # fmt: skip
     ax2.set_xlabel("training iteration")
     ax2.set_ylabel(info["metric"])
     ax2.set_title("evaluations reported to the pruner (red dashed: pruned)")
     if not maximize and finite and min(finite) > 0:
         ax2.set_yscale("log")
+        ax2.set_ylim(0.5 * min(finite), edge * 2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
