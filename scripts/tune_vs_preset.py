@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger().handlers[0].setLevel(logging.WARNING)  # not the runs' INFO lines
     out = args.out or args.best.parent.parent / f"{args.best.parent.name}-vs-preset"
     seeds = [int(s) for s in args.seeds.split(",")]
     result = compare(args.best, out, seeds, args.tasks, args.eval_seed, args.set)
