@@ -278,7 +278,8 @@ class _TrialRun(Run):
         if not math.isfinite(value):
             return
         self.trial.report(value, int(step))
-        if self.trial.should_prune():
+        last = int(step) >= int(self.config.iterations)  # trained out: complete, not pruned
+        if not last and self.trial.should_prune():
             self.trial.set_user_attr("pruned_at", int(step))
             log.info(
                 "trial %d pruned at step %d (%s = %.4g)",
