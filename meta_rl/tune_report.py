@@ -117,13 +117,13 @@ def plot_history(rows: list[dict[str, Any]], info: Mapping[str, Any], path: Path
         ax.set_yscale("log")
     ax.legend(fontsize=8)
     for r in rows:
-        steps = sorted(r["intermediate"])
-        if not steps:
+        curve = sorted((int(s), v) for s, v in r["intermediate"].items())  # JSON: str keys
+        if not curve:
             continue
         pruned = r["state"] == "PRUNED"
         ax2.plot(
-            steps,
-            [r["intermediate"][s] for s in steps],
+            [s for s, _ in curve],
+            [v for _, v in curve],
             ls="--" if pruned else "-",
             marker="x" if pruned else ".",
             color="tab:red" if pruned else "tab:blue",
