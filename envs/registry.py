@@ -157,12 +157,14 @@ def make_env(
     envs_per_task: int = 1,
     device: str = "cpu",
     backend: str = "auto",
+    workers: int = 1,
     **env_kwargs: Any,
 ) -> BatchedTaskEnv:
     """A ``num_tasks x envs_per_task`` env of a family behind the batched-env contract
     (:class:`~meta_rl_envs.batched.BatchedTaskEnv`): ``backend`` "batched" (the torch twin),
-    "vector" (:class:`~meta_rl_envs.vector.VectorTaskEnv`, Gymnasium envs of the scalar family)
-    or "auto" (the torch twin when the family has one)."""
+    "vector" (:class:`~meta_rl_envs.vector.VectorTaskEnv`, Gymnasium envs of the scalar family,
+    stepped by ``workers`` processes) or "auto" (the torch twin when the family has one; a twin
+    is one process whatever ``workers`` says)."""
     if backend not in ("auto", "batched", "vector"):
         raise TaskError(f"backend={backend!r} is not allowed; choose 'auto', 'batched' or 'vector'")
     spec = check_id(env_id)
@@ -170,7 +172,9 @@ def make_env(
         return make_batched(env_id, num_tasks, envs_per_task, device=device, **env_kwargs)
     from meta_rl_envs.vector import VectorTaskEnv
 
-    return VectorTaskEnv(env_id, num_tasks, envs_per_task, device=device, **env_kwargs)
+    return VectorTaskEnv(
+        env_id, num_tasks, envs_per_task, device=device, workers=workers, **env_kwargs
+    )
 
 
 def extra_available(extra: str) -> bool:

@@ -18,6 +18,13 @@ ends: ours (``MetaRL/HalfCheetahVel-v0``, ``MetaRL/ML1-reach-v0``) vs the plain 
 (Gymnasium's ``HalfCheetah-v5``; Meta-World's ``SawyerReachEnvV3`` on the same goal), both
 without the env checker, with the same horizon. The ratio (ours / plain, ~1) is the cost of the
 task layer. ``--scalar-steps`` sets the steps per measurement; ``--no-scalar`` skips it.
+
+For the same two families it then times the multi-process sampler at equal rows
+(``--mp-rows``, default 40 and 200): ``VectorTaskEnv(..., workers=K)`` (K = ``--workers``,
+default the cores) vs the one-process path it replaces, Gymnasium's ``SyncVectorEnv`` of the
+family's envs (one task per sub-env), and prints the physics floor beside them: plain
+``mujoco.mj_step`` of the same model with the same frame skip, steps/s on one core times K.
+Run it on a quiet machine: the ratio needs the cores to itself.
 """
 
 from __future__ import annotations
@@ -174,6 +181,67 @@ def scalar_runner(make: Callable[[], gym.Env], steps: int, budget: float) -> Cal
     return run
 
 
+def mp_runner(env_id: str, n: int, workers: int, steps: int, budget: float):
+    """``VectorTaskEnv`` of ``n`` rows in ``workers`` processes (1: the one-process path)."""
+    from meta_rl_envs.vector import VectorTaskEnv
+
+    env = VectorTaskEnv(env_id, n, 1, workers=workers)
+    env.set_tasks(env.sample_tasks(n, np.random.default_rng(0)))
+    env.reset(seed=0)
+    gen = torch.Generator().manual_seed(1)
+    actions = torch_actions(env.single_action_space, steps, n, gen, "cpu")
+    for i in range(min(2, steps)):
+        env.step(actions[i])
+
+    def run() -> float:
+        done, secs = time_steps(lambda i: env.step(actions[i]), steps, budget)
+        return done * n / secs
+
+    return run, env
+
+
+def sync_family_runner(env_id: str, n: int, steps: int, budget: float) -> Callable[[], float]:
+    """The one-process path the sampler replaces: ``SyncVectorEnv`` of the family's envs."""
+    envs = SyncVectorEnv(
+        [lambda: gym.make(env_id) for _ in range(n)],
+        autoreset_mode=gym.vector.AutoresetMode.SAME_STEP,
+    )
+    tasks = envs.envs[0].unwrapped.sample_tasks(n, np.random.default_rng(0))
+    for sub, task in zip(envs.envs, tasks, strict=True):
+        sub.unwrapped.set_task(task)
+    envs.reset(seed=0)
+    actions = numpy_actions(envs.single_action_space, steps, n, np.random.default_rng(1))
+
+    def run() -> float:
+        done, secs = time_steps(lambda i: envs.step(actions[i]), steps, budget)
+        return done * n / secs
+
+    return run
+
+
+def physics_floor(env_id: str, seconds: float) -> float:
+    """Plain ``mujoco.mj_step`` of the family env's model, its frame skip per env step: env
+    steps/s on one core."""
+    import mujoco
+
+    outer = gym.make(env_id)
+    env = outer.unwrapped
+    if not hasattr(env, "model"):  # Meta-World's family holds the Sawyer env it drives
+        env.reset(seed=0)
+        env = env._env
+    model, data, skip = env.model, mujoco.MjData(env.model), int(env.frame_skip)
+    rng = np.random.default_rng(0)
+    ctrl = rng.uniform(-1, 1, (256, model.nu))
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for c in ctrl:
+            data.ctrl[:] = c
+            mujoco.mj_step(model, data, nstep=skip)
+        done += len(ctrl)
+    outer.close()
+    return done / (time.perf_counter() - start)
+
+
 def best_of(runners: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
     """Interleave the runners ``repeats`` times; keep each one's best (the machine is shared,
     so the best round is the one least disturbed by other load)."""
@@ -199,12 +267,17 @@ def main() -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object at the end")
     p.add_argument("--scalar-steps", type=int, default=None, help="steps per scalar measurement")
     p.add_argument("--no-scalar", action="store_true", help="skip the MuJoCo/Meta-World envs")
+    p.add_argument("--mp-rows", type=int, nargs="+", default=None, help="rows for the sampler")
+    p.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    p.add_argument("--mp-steps", type=int, default=None, help="steps per sampler measurement")
     args = p.parse_args()
     args.sizes = args.sizes or ([64, 1024] if args.quick else [64, 1024, 16384])
     args.steps = args.steps or (100 if args.quick else 500)
     args.budget = args.budget or (1.0 if args.quick else 2.0)
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.scalar_steps = args.scalar_steps or (500 if args.quick else 2000)
+    args.mp_rows = args.mp_rows or ([40] if args.quick else [40, 200])
+    args.mp_steps = args.mp_steps or (100 if args.quick else 400)
     torch.set_num_threads(args.threads)
 
     results: dict[str, float] = {}
@@ -259,6 +332,23 @@ def main() -> None:
         results[f"{key}_plain_steps_per_s"] = best["plain"]
         results[f"{key}_vs_plain_ratio"] = best["ours"] / best["plain"]
         rows.append((fam, 1, peer_name, best["plain"], best["ours"]))
+        floor = physics_floor(env_id, args.budget) * args.workers
+        results[f"{key}_physics_floor_steps_per_s"] = floor
+        for n in args.mp_rows:
+            ours, env = mp_runner(env_id, n, args.workers, args.mp_steps, args.budget * 2)
+            sync = sync_family_runner(env_id, n, args.mp_steps, args.budget * 2)
+            best = best_of({"ours": ours, "sync": sync}, args.repeats)
+            env.close()
+            results[f"{key}_procs_steps_per_s_{n}"] = best["ours"]
+            results[f"{key}_sync_steps_per_s_{n}"] = best["sync"]
+            results[f"{key}_procs_vs_sync_ratio_{n}"] = best["ours"] / best["sync"]
+            results[f"{key}_procs_vs_floor_ratio_{n}"] = best["ours"] / floor
+            label = f"SyncVectorEnv ({args.workers} proc)"
+            rows.append((fam, n, label, best["sync"], best["ours"]))
+            notes.append(
+                f"{fam} n={n}: {args.workers} processes reach {best['ours'] / floor:.2f} of the "
+                f"physics floor ({floor:,.0f} steps/s = mj_step x frame skip x {args.workers})"
+            )
 
     print(
         f"torch {torch.__version__}, gymnasium {gym.__version__}, threads {args.threads}, "

@@ -81,7 +81,7 @@ def test_family_without_batched_version_runs_through_a_vector_env():
     assert isinstance(env, VectorTaskEnv)
     tasks = env.sample_tasks(2, 0)
     env.set_tasks(tasks)
-    assert [e.unwrapped.get_task() for e in env.envs.envs] == [tasks[0]] * 2 + [tasks[1]] * 2
+    assert [e.unwrapped.get_task() for e in env.rows.envs] == [tasks[0]] * 2 + [tasks[1]] * 2
     policy = policy_for(env)
     ep = sample_episodes(env, policy, expand_params(policy.params(), 2), torch.Generator())
     assert ep.obs.shape == (10, 4, 3) and ep.actions.shape == (10, 4, 1)

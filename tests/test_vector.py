@@ -13,6 +13,7 @@ import torch
 from meta_rl_envs import make_batched, make_env, register_family
 from meta_rl_envs.batched import BatchedEnv, BatchedTaskEnv
 from meta_rl_envs.builder import make_family
+from meta_rl_envs.core import TaskError
 from meta_rl_envs.vector import VectorTaskEnv
 from meta_rl_envs.wrappers import BatchedTrialEnv
 
@@ -121,3 +122,116 @@ def test_cli_rollout_runs_a_family_without_a_twin():
 
     out = random_rollout("MetaRL/Pendulum-v0", 2, 1, 250, seed=0, device="cpu")
     assert len(out["tasks"]) == 2 and all(t["complete"] for t in out["tasks"])
+
+
+def _episodes(env_id: str, workers: int, steps: int, envs_per_task: int = 2) -> list:
+    env = VectorTaskEnv(env_id, 3, envs_per_task, workers=workers)
+    env.set_tasks(env.sample_tasks(3, np.random.default_rng(0)))
+    gen = torch.Generator().manual_seed(0)
+    low = torch.as_tensor(env.single_action_space.low, dtype=torch.float32)
+    high = torch.as_tensor(env.single_action_space.high, dtype=torch.float32)
+    out = [env.reset(seed=3)[0]]
+    for _ in range(steps):
+        u = torch.rand((env.num_envs, *env.single_action_space.shape), generator=gen)
+        obs, reward, terminated, truncated, info = env.step(low + (high - low) * u)
+        out += [obs, reward, terminated, truncated, info["final_obs"], info.get("success")]
+    out.append(env.task_success())
+    env.close()
+    return out
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_worker_processes_give_the_episodes_of_one_process(workers):
+    """Sharding the rows over processes changes nothing a sampler sees (issue 15): same tasks,
+    same per-row reset seeds, autoresets across episode ends (Pendulum's horizon is 200)."""
+    one = _episodes("MetaRL/Pendulum-v0", 1, 420)
+    many = _episodes("MetaRL/Pendulum-v0", workers, 420)
+    assert len(one) == len(many)
+    assert sum(bool(t.any()) for t in one[4::6]) == 2  # two time-limit ends crossed
+    for a, b in zip(one, many, strict=True):
+        assert (a is None and b is None) or np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_worker_processes_pass_on_success_per_task():
+    register_family("MetaRLTest/Goal-v0", GoalFamily)  # registered here only: workers are forked
+    env = VectorTaskEnv("MetaRLTest/Goal-v0", 2, 2, workers=2)
+    near, far = (env.task_space.validate({"goal": g}) for g in (0.05, 0.45))
+    env.set_tasks([near, far])
+    env.reset(seed=0)
+    _, _, _, _, info = env.step(torch.zeros(4, 2))
+    assert info["success"].tolist() == [True, True, False, False]
+    np.testing.assert_array_equal(env.task_success(), [1.0, 0.0])
+    env.close()
+    env.close()  # closing twice is harmless
+
+
+class BrittleGoalEnv(GoalEnv):
+    def step(self, action):
+        if action[0] > 0:
+            raise ValueError("pushed too hard")
+        return super().step(action)
+
+
+def test_a_failing_worker_names_its_rows():
+    register_family(
+        "MetaRLTest/BrittleGoal-v0", make_family(BrittleGoalEnv, {"goal": (0, 1)}, horizon=3)
+    )
+    env = VectorTaskEnv("MetaRLTest/BrittleGoal-v0", 2, 2, workers=2)
+    env.set_tasks(env.sample_tasks(2, np.random.default_rng(0)))
+    env.reset(seed=0)
+    env.step(torch.zeros(4, 2))
+    push = torch.tensor([[0.0, 0.0], [0.0, 0.0], [0.1, 0.0], [0.0, 0.0]])
+    with pytest.raises(RuntimeError, match=r"env worker 1 \(rows 2-3\) failed: .*pushed too hard"):
+        env.step(push)
+    env.close()
+
+
+@pytest.mark.parametrize("workers", [0, -1, 1.5, True])
+def test_bad_worker_counts_are_named(workers):
+    with pytest.raises(TaskError, match="workers="):
+        VectorTaskEnv("MetaRL/Pendulum-v0", 2, 1, workers=workers)
+
+
+@pytest.mark.parametrize("preset_name", ["maml-trpo-pointnav", "rl2-bandits"])
+def test_trainers_give_the_same_numbers_with_env_workers(preset_name, tmp_path):
+    """``env_workers`` (issue 15) is a speed knob only: a tiny same-seed run on a family without
+    a twin logs the same metrics with 1 and with 2 env processes."""
+    from meta_rl.presets import get_preset
+    from meta_rl.runs import Run, read_metrics
+
+    tiny = {
+        "maml-trpo-pointnav": dict(
+            iterations=2,
+            meta_batch=2,
+            episodes_per_task=2,
+            hidden=(8, 8),
+            horizon=20,
+            eval_tasks=2,
+            eval_episodes=1,
+            eval_every=2,
+            checkpoint_every=0,
+        ),
+        "rl2-bandits": dict(
+            iterations=1,
+            tasks_per_iteration=4,
+            hidden_size=8,
+            episodes_per_trial=2,
+            eval_every=1,
+            eval_tasks=2,
+            checkpoint_every=0,
+            log_every=1,
+            env_kwargs={},
+        ),
+    }[preset_name]
+    logs = []
+    for workers in (1, 2):
+        preset = get_preset(preset_name)
+        values = dict(tiny, env_id="MetaRL/Pendulum-v0", env_workers=workers, device="cpu")
+        config = preset.make_config(values)
+        out = tmp_path / f"w{workers}"
+        with Run.create(out, preset_name, config, show_progress=False) as run:
+            final = run.finish(preset.load_trainer()(run.config, run) or {})
+        drop = {"time", "env_steps_per_s", "steps_per_second", "train/it_per_s", "train/seconds"}
+        rows = [{k: v for k, v in r.items() if k not in drop} for r in read_metrics(out)]
+        logs.append((rows, {k: v for k, v in final.items() if k not in drop}))
+    assert logs[0][0] and logs[0] == logs[1]

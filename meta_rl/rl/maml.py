@@ -80,7 +80,11 @@ class MetaPGConfig(BaseConfig):
     env_backend: Literal["auto", "batched", "vector"] = field(
         default="auto", metadata=choice("auto", "batched", "vector")
     )
-    """auto: the torch-batched env when the family has one, else a Gymnasium SyncVectorEnv"""
+    """auto: the torch-batched env when the family has one, else the family's Gymnasium envs
+    (:class:`meta_rl_envs.vector.VectorTaskEnv`)"""
+    env_workers: int = field(default=1, metadata=bounds(ge=1))
+    """processes stepping the Gymnasium envs of a family without a torch twin (e.g. MuJoCo):
+    2 on a 2-core machine; the same episodes for any count"""
     horizon: int = field(default=0, metadata=bounds(ge=0))
     """episode length cap (0: the family's own horizon)"""
     meta_batch: int = field(default=40, metadata=bounds(ge=1))
@@ -505,6 +509,7 @@ def build_setup(cfg: MetaPGConfig) -> MetaPGSetup:
     device = resolve_device(cfg.device)
     env_kw = {"horizon": cfg.horizon} if cfg.horizon else {}
     shard = collectives.context().shard(cfg.meta_batch)
+    env_kw["workers"] = cfg.env_workers
     env = make_env(
         cfg.env_id, shard.size, cfg.episodes_per_task, str(device), cfg.env_backend, **env_kw
     )

@@ -79,6 +79,9 @@ class RL2Config(BaseConfig):
     MetaRL/PointNav-v0, ...)"""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """keyword arguments of the batched family (e.g. {"k": 5} arms, {"horizon": 100})"""
+    env_workers: int = field(default=1, metadata=bounds(ge=1))
+    """processes stepping the Gymnasium envs of a family without a torch twin (e.g. MuJoCo):
+    2 on a 2-core machine; the same episodes for any count"""
     episodes_per_trial: int = field(default=10, metadata=bounds(ge=1))
     """episodes of one task in a trial (RL^2's n); the policy's memory lives for a trial"""
     policy: Literal["gru", "memory", "episodic"] = "gru"
@@ -190,7 +193,14 @@ def make_trial_env(
     """Trials of the config's family on ``num_tasks x envs_per_task`` rows: over its torch twin,
     or over Gymnasium envs of it when it has none (:func:`meta_rl_envs.make_env`)."""
     kwargs = check_id(config.env_id).trainer_kwargs(config.env_kwargs)
-    env = make_env(config.env_id, num_tasks, envs_per_task, device=str(device), **kwargs)
+    env = make_env(
+        config.env_id,
+        num_tasks,
+        envs_per_task,
+        device=str(device),
+        workers=config.env_workers,
+        **kwargs,
+    )
     return BatchedTrialEnv(env, config.episodes_per_trial)
 
 
