@@ -33,6 +33,8 @@ from meta_rl_envs.core import Task, TaskError, TaskSpace, stack_tasks
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch device (``auto``: CUDA when available); a :class:`TaskError` when
+    CUDA is asked for and absent."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -63,22 +65,33 @@ class BatchedTaskEnv(Protocol):
     row_window: tuple[int, int] | None
     """``(first_row, total_rows)`` when this env is a data-parallel shard of a larger one"""
 
-    def sample_tasks(self, n: int, rng: Any, split: str = "train") -> list[Task]: ...
+    def sample_tasks(self, n: int, rng: Any, split: str = "train") -> list[Task]:
+        """``n`` seeded tasks of ``split``."""
+        ...
 
-    def set_tasks(self, tasks: Sequence[Task]) -> None: ...
+    def set_tasks(self, tasks: Sequence[Task]) -> None:
+        """One task per group of ``envs_per_task`` rows."""
+        ...
 
-    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]: ...
+    def reset(self, seed: int | None = None) -> tuple[torch.Tensor, dict[str, Any]]:
+        """Reset every row: ``(obs, info)``."""
+        ...
 
     def step(
         self, action: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]: ...
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Step every row: ``(obs, reward, terminated, truncated, info)``, with same-step
+        autoreset."""
+        ...
 
     def task_success(self) -> np.ndarray | None:
         """``[num_tasks]`` success rate of each task's first episode since ``reset`` (None: the
         family reports no ``info["success"]``)."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Release the env's resources."""
+        ...
 
 
 class BatchedEnv:

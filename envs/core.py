@@ -44,6 +44,7 @@ class TaskError(ValueError):
 
 
 def check_split(split: str) -> str:
+    """``split`` if it is one of ``train``, ``test``, ``ood``; else a :class:`TaskError`."""
     if split not in SPLITS:
         raise TaskError(f"split={split!r} is not a split; choose one of {list(SPLITS)}")
     return split
@@ -75,6 +76,7 @@ class Param:
 
     @property
     def size(self) -> int:
+        """Number of floats of the parameter."""
         return math.prod(self.shape)
 
     def sample(self, rng: np.random.Generator, n: int, ood: bool) -> np.ndarray:
@@ -86,6 +88,7 @@ class Param:
 
     @property
     def has_ood(self) -> bool:
+        """True when the parameter declares an out-of-distribution region."""
         return False
 
     def row_sequential(self, ood: bool) -> bool:
@@ -94,6 +97,7 @@ class Param:
         return False
 
     def describe(self) -> str:
+        """The distribution and its range, as text."""
         raise NotImplementedError
 
     def _fail(self, value: Any, allowed: str) -> None:
@@ -240,6 +244,7 @@ class Task:
     family: ClassVar[str] = ""
 
     def to_dict(self) -> dict[str, Any]:
+        """The task as a JSON-able mapping, with its ``family``."""
         out: dict[str, Any] = {"family": self.family}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -247,10 +252,13 @@ class Task:
         return out
 
     def to_json(self) -> str:
+        """The task as a JSON string (sorted keys)."""
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Task:
+        """The task of a mapping made by :meth:`to_dict`; a :class:`TaskError` names a wrong
+        family, unknown or missing fields or a non-numeric value."""
         if not isinstance(data, Mapping):
             raise TaskError(f"a {cls.__name__} must be a mapping of fields, got {type(data)}")
         names = [f.name for f in dataclasses.fields(cls)]
@@ -277,6 +285,7 @@ class Task:
 
     @classmethod
     def from_json(cls, text: str) -> Task:
+        """The task of a JSON string made by :meth:`to_json` (a :class:`TaskError` if malformed)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -284,6 +293,7 @@ class Task:
         return cls.from_dict(data)
 
     def array(self, name: str) -> np.ndarray:
+        """Field ``name`` as a float64 numpy array."""
         return np.asarray(getattr(self, name), dtype=np.float64)
 
     def digest(self) -> float:
@@ -328,14 +338,17 @@ class TaskSpace:
 
     @property
     def has_ood(self) -> bool:
+        """True when a parameter declares an out-of-distribution region."""
         return any(p.has_ood for p in self.params.values())
 
     @property
     def is_finite(self) -> bool:
+        """True when every parameter is a finite :class:`Choice`."""
         return all(isinstance(p, Choice) for p in self.params.values())
 
     @property
     def splits(self) -> tuple[str, ...]:
+        """The splits this space offers: ``train``, ``test`` and, with an ood region, ``ood``."""
         return SPLITS if self.has_ood else SPLITS[:2]
 
     def _build(self, values: dict[str, np.ndarray], i: int) -> Task:
@@ -416,6 +429,7 @@ class TaskSpace:
         return task
 
     def describe(self) -> dict[str, str]:
+        """``{parameter: its distribution and range, as text}`` (``meta-rl envs`` prints it)."""
         return {name: p.describe() for name, p in self.params.items()}
 
 
@@ -436,13 +450,17 @@ class TaskFamily:
     def sample_tasks(
         self, n: int, rng: np.random.Generator | int | None, split: str = "train"
     ) -> list[Task]:
+        """``n`` tasks of ``split`` drawn from ``rng`` (a Generator or an int seed); the first
+        ``k`` of a draw do not depend on ``n``."""
         return self.task_space.sample(n, rng, split)
 
     def set_task(self, task: Task | Mapping[str, Any] | str) -> None:
+        """Set the task the next episodes run on (a Task, its mapping or its JSON; validated)."""
         self.task = self.task_space.validate(task)
         self._on_task_set()
 
     def get_task(self) -> Task:
+        """The current task."""
         return self.task
 
     def _on_task_set(self) -> None:
@@ -453,6 +471,7 @@ class TaskFamily:
             self.set_task(options["task"])
 
     def task_info(self) -> dict[str, Any]:
+        """``{"task": ...}``, the task echoed in each step's ``info``."""
         return {"task": self.task.to_dict()}
 
     def _noise(self, kind: str, k: int) -> np.ndarray:

@@ -116,6 +116,8 @@ def register_family(
 
 
 def check_id(env_id: str) -> FamilySpec:
+    """The :class:`FamilySpec` of a registered id; a :class:`TaskError` naming the known ids, or
+    the extra to install for an optional family."""
     if env_id not in FAMILIES and _ML1_ID.match(env_id) and extra_available("metaworld"):
         add_family(ml1_spec(_ML1_ID.match(env_id).group(1) + "-v3"))  # any ML1 env on demand
     if env_id not in FAMILIES:
@@ -313,10 +315,13 @@ class TaskDistribution:
         check_split(self.split)
 
     def make_env(self, **overrides: Any) -> gym.Env:
+        """``gymnasium.make`` of the family with the distribution's kwargs (``overrides`` on
+        top)."""
         check_id(self.env_id)
         return gym.make(self.env_id, **{**dict(self.env_kwargs), **overrides})
 
     def sample(self, n: int, rng: np.random.Generator | int | None) -> list[Task]:
+        """``n`` seeded tasks of the distribution's split."""
         env = self.make_env()
         try:
             return env.unwrapped.sample_tasks(n, rng, self.split)

@@ -37,6 +37,7 @@ class Estimate:
 
     @classmethod
     def exact_value(cls, value: float) -> Estimate:
+        """An exactly computed value (``se = 0``, ``exact = True``)."""
         return cls(float(value), 0.0, 0, exact=True)
 
     def scaled(self, factor: float) -> Estimate:
@@ -45,6 +46,7 @@ class Estimate:
         return Estimate(self.mean * factor, self.se * abs(factor), self.num, self.exact)
 
     def to_dict(self) -> dict[str, float]:
+        """``mean``, ``se``, ``ci95``, ``num`` (and ``exact``) as JSON-able values."""
         return {"mean": self.mean, "se": self.se, "ci95": self.ci95, "num": self.num}
 
 

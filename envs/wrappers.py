@@ -139,6 +139,7 @@ class TrialWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return np.concatenate([np.asarray(obs, np.float32).reshape(-1), prev, tail])
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        """Start a new trial: the first episode, previous action / reward / done zeroed."""
         if seed is not None:
             self._task_rng = np.random.default_rng(seed)
         options = dict(options or {})
@@ -152,6 +153,8 @@ class TrialWrapper(gym.Wrapper, gym.utils.RecordConstructorArgs):
         return self._encode(obs, None, 0.0, False), info
 
     def step(self, action):
+        """Step the inner env; an inner episode's end starts the next one inside the trial, the
+        trial ends after its last episode."""
         obs, reward, terminated, truncated, info = self.env.step(action)
         info = dict(info)
         episode_done = bool(terminated or truncated)
@@ -223,16 +226,20 @@ class BatchedTrialEnv:
     # -- tasks ---------------------------------------------------------------------------
     @property
     def task_space(self):
+        """The inner family's task space."""
         return self.env.task_space
 
     @property
     def tasks(self) -> list[Task]:
+        """The tasks of the rows."""
         return self.env.tasks
 
     def sample_tasks(self, n: int, rng, split: str = "train") -> list[Task]:
+        """``n`` seeded tasks of ``split`` from the inner family."""
         return self.env.sample_tasks(n, as_generator(rng), split)
 
     def set_tasks(self, tasks: Sequence[Task]) -> None:
+        """Set the inner env's tasks (one per row)."""
         self.env.set_tasks(tasks)
 
     # -- stepping ------------------------------------------------------------------------
@@ -260,6 +267,8 @@ class BatchedTrialEnv:
         return self._obs, info
 
     def step(self, action: torch.Tensor):
+        """Step every row's trial: ``(obs, reward, terminated, truncated, info)``; ``info`` says
+        which rows are still in their trial and whose inner episode ended."""
         obs, reward, terminated, truncated, info = self.env.step(action)
         active = self.active
         episode_done = (terminated | truncated) & active

@@ -181,8 +181,14 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     skipped with a warning naming both), or of one checkpoint file (its ``step_*.json``
     sidecar or its ``.safetensors`` file inside the run's ``checkpoints/`` folder).
 
+    Two prefixes name a run folder elsewhere: ``"zoo:NAME"`` an agent shipped in the package
+    (:mod:`meta_rl.zoo`; ``meta-rl zoo`` lists them) and ``"hf://ORG/NAME[@revision]"`` a
+    repository on the Hugging Face Hub (:func:`meta_rl.hub.download`; needs the ``hub`` extra).
+
     A run folder is data: nothing it names is imported, and weights holding NaN or inf are
     refused."""
+    if isinstance(path_or_run, str):
+        path_or_run = resolve(path_or_run)
     path = Path(getattr(path_or_run, "path", path_or_run))
     sidecar = None
     if path.is_file():
@@ -220,6 +226,19 @@ def load(path_or_run: str | Path | Any, device: str | torch.device = "cpu") -> A
     else:
         agent = MemoryAgent(path, info, config, ck)
     return agent.to(device)
+
+
+def resolve(spec: str) -> Path:
+    """The local run folder a :func:`load` argument names: ``zoo:NAME``
+    (:func:`meta_rl.zoo.resolve`), ``hf://ORG/NAME[@revision]`` (:func:`meta_rl.hub.download`),
+    else the path itself."""
+    from meta_rl import hub, zoo
+
+    if spec.startswith(zoo.PREFIX):
+        return zoo.resolve(spec)
+    if spec.startswith(hub.PREFIX):
+        return hub.download(spec)
+    return Path(spec)
 
 
 def _import_trainers() -> None:
@@ -273,9 +292,11 @@ class Agent:
     # -- common API ----------------------------------------------------------------------
     @property
     def env_id(self) -> str:
+        """The family id the agent was trained on (its config's ``env_id``)."""
         return self.config.env_id
 
     def env_kwargs(self) -> dict[str, Any]:
+        """The env kwargs the agent's family was made with in training."""
         raise NotImplementedError
 
     def seed(self, seed: int) -> None:
@@ -283,6 +304,7 @@ class Agent:
         self.generator = torch.Generator(device=self.device).manual_seed(int(seed))
 
     def to(self, device: str | torch.device) -> Agent:
+        """Move the policy (and an adapted agent's state) to ``device``; returns ``self``."""
         from meta_rl_envs.batched import resolve_device
 
         self.device = resolve_device(device)
@@ -383,6 +405,7 @@ class GradientAgent(Agent):
         """the params ``predict`` acts with (the meta-params, or adapted ones)"""
 
     def env_kwargs(self) -> dict[str, Any]:
+        """``{"horizon": ...}`` when the run set a horizon, else ``{}``."""
         return {"horizon": self.config.horizon} if self.config.horizon else {}
 
     def _clone(self) -> GradientAgent:
@@ -493,6 +516,7 @@ class MemoryAgent(Agent):
         self.warm_steps = 0
 
     def env_kwargs(self) -> dict[str, Any]:
+        """The family's trainer defaults updated by the run's ``env_kwargs``."""
         return check_id(self.env_id).trainer_kwargs(self.config.env_kwargs)
 
     def _move(self, device: torch.device) -> None:

@@ -206,6 +206,7 @@ def set_rng_state(gen: np.random.Generator | torch.Generator, data: Mapping[str,
 # Saving and loading
 # --------------------------------------------------------------------------------------------
 def sidecar_path(directory: str | Path, step: int) -> Path:
+    """The sidecar path of checkpoint ``step`` in ``directory``."""
     return Path(directory) / f"step_{step:08d}.json"
 
 
@@ -223,6 +224,7 @@ def list_checkpoints(directory: str | Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The sidecar of the newest checkpoint in ``directory``, or ``None``."""
     found = list_checkpoints(directory)
     return found[-1][1] if found else None
 

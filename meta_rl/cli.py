@@ -12,6 +12,8 @@
     meta-rl tune PRESET --trials N [--space FILE.yaml] [--sampler tpe|random]
                         [--pruner median|halving|none] [--jobs K] [--storage URL]
                         [--budget FRACTION_OR_ITERATIONS] [--out DIR] [--seed S] [--set k=v]
+    meta-rl zoo [NAME]                    pretrained agents shipped with meta-rl (meta_rl.cli_share)
+    meta-rl push RUN --repo ORG/NAME [--private] [--dry-run DIR]   upload to the Hugging Face Hub
 
 Bad input (unknown preset, bad ``--set``, a run folder that would be overwritten...) prints one
 line to stderr and exits with status 2; nothing is created before the config is valid.
@@ -31,6 +33,7 @@ from typing import Any
 
 from meta_rl.checkpoint import CheckpointError
 from meta_rl.cli_errors import check_device, nothing_to_resume, os_error_text, training_error
+from meta_rl.cli_share import add_parsers as add_share_parsers
 from meta_rl.config import ConfigError, describe, load_yaml
 from meta_rl.presets import PRESETS, PresetError, get_preset
 from meta_rl.runs import CONFIG_FILE, Run, RunError, RunFinished, read_run
@@ -616,6 +619,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print the outcome as JSON")
     p.set_defaults(func=cmd_tune)
+    add_share_parsers(sub)  # meta-rl zoo, meta-rl push
     return parser
 
 

@@ -310,6 +310,7 @@ def check_fields(obj: Any, prefix: str = "") -> None:
 
 
 def to_jsonable(value: Any) -> Any:
+    """``value`` with tuples as lists and dataclasses as dicts (for ``config.json``)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, (list, tuple)):
@@ -454,10 +455,12 @@ class BaseConfig:
 
     @classmethod
     def from_yaml(cls: type[C], path: str | Path, overrides: Iterable[str] = ()) -> C:
+        """A config from a YAML file of field values (validated)."""
         data = load_yaml(path)
         return apply_overrides(cls.from_dict(data), overrides)
 
     def to_json(self) -> str:
+        """The config as a JSON string."""
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
@@ -485,6 +488,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 # Overrides: ``key=value`` strings or a mapping of dotted keys
 # --------------------------------------------------------------------------------------------
 def parse_override(text: str) -> tuple[str, str]:
+    """``(key, value)`` of a ``key=value`` override, the value parsed as YAML."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key=value (e.g. seed=3)")

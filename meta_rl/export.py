@@ -92,6 +92,7 @@ class ExportedMLP(nn.Module):
 
     @torch.jit.export
     def head(self, obs: Tensor) -> Tensor:
+        """The action distribution's head (mean or logits) for ``obs``."""
         return self.net(obs.to(self.log_std.dtype))
 
     def forward(
@@ -177,6 +178,7 @@ class ExportedRecurrent(nn.Module):
 
     @torch.jit.export
     def initial_state(self, batch: int) -> Tensor:
+        """A fresh memory for ``batch`` rows (one packed tensor)."""
         return self.init.expand(batch, -1).clone()
 
     def forward(
@@ -186,6 +188,7 @@ class ExportedRecurrent(nn.Module):
         deterministic: bool = True,
         noise: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
+        """``(action, next packed state)`` for a trial observation and the packed state."""
         dtype = self.init.dtype  # the env's numpy observation may come as float64
         head, state = self.core(obs.to(dtype), state.to(dtype))
         if noise is not None:

@@ -67,17 +67,21 @@ class Point:
 
     @property
     def mean(self) -> float:
+        """Mean over the tasks."""
         return self.stat.mean
 
     @property
     def ci95(self) -> float:
+        """95% confidence half-width over the tasks."""
         return self.stat.ci95
 
     @property
     def success_rate(self) -> float | None:
+        """Mean success over the tasks (``None`` when the env reports no success)."""
         return None if self.success_per_task is None else float(np.mean(self.success_per_task))
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
         out: dict[str, Any] = {"budget": self.budget, "env_steps": self.env_steps}
         out.update(self.stat.to_dict())
         out["per_task"] = list(self.per_task)
@@ -94,6 +98,7 @@ class Point:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Point:
+        """A point from its JSON form."""
         gain = d.get("gain")
         return cls(
             budget=int(d["budget"]),
@@ -137,6 +142,7 @@ class Series:
     note: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
         out = {"name": self.name, "label": self.label, "kind": self.kind, "unit": self.unit}
         out["points"] = [p.to_dict() for p in self.points]
         if self.note is not None:
@@ -145,6 +151,7 @@ class Series:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Series:
+        """A series from its JSON form."""
         points = tuple(Point.from_dict(p) for p in d["points"])
         if d["name"] == "no_adaptation":  # version 1 repeated its one measurement per budget
             points = points[:1]
@@ -164,13 +171,16 @@ class Reference:
 
     @property
     def ci95(self) -> float:
+        """95% confidence half-width (``1.96 * se``)."""
         return 1.96 * self.se
 
     @property
     def per_episode(self) -> float:
+        """The mean return of one episode."""
         return self.mean / self.episodes
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form."""
         return {
             "mean": self.mean,
             "se": self.se,
@@ -225,6 +235,7 @@ class Report:
 
     @property
     def adapted(self) -> Series:
+        """The agent's adaptation curve (the first series)."""
         return self.series[0]
 
     def get(self, name: str) -> Series | None:
@@ -233,6 +244,7 @@ class Report:
 
     @property
     def ppo_note(self) -> str | None:
+        """The PPO series' note (its settings), or ``None`` without PPO."""
         ppo = self.get("ppo")
         return ppo.note if ppo is not None else None
 

@@ -92,6 +92,7 @@ def due(step: int, every: int, last: int | None = None) -> bool:
 
 
 def class_path(obj: type | Any) -> str:
+    """The stable ``"module:qualname"`` of a class or of an object's class."""
     cls = obj if isinstance(obj, type) else type(obj)
     return f"{cls.__module__}:{cls.__qualname__}"
 

@@ -180,3 +180,25 @@ def test_meta_rl_never_branches_on_a_family_id(module):
             assert not any(k is not None and _family_id(k) for k in node.keys), (
                 f"{module}:{node.lineno} keys a table by a family id"
             )
+
+
+SHARING = ("meta_rl.card", "meta_rl.zoo", "meta_rl.hub")
+
+
+@pytest.mark.parametrize("module", SHARING)
+def test_sharing_modules_sit_below_the_agent_and_above_the_run_folder(module):
+    """zoo / hub / card resolve and write run folders (runs, checkpoint, report); the loader
+    (agent) calls them, never the other way round, and they never reach the CLI."""
+    assert module in MODULES
+    above = {"meta_rl.agent", "meta_rl.evaluate", "meta_rl.cli", "meta_rl.cli_share"}
+    assert GRAPH[module] & above == set()
+
+
+def test_nothing_below_the_agent_imports_the_sharing_modules():
+    below = [
+        m
+        for m in MODULES
+        if m.startswith(("meta_rl.core", "meta_rl.rl", "meta_rl.fewshot", "meta_rl.policies"))
+        or m in ("meta_rl.runs", "meta_rl.checkpoint", "meta_rl.loop", "meta_rl.config")
+    ]
+    assert {m: sorted(GRAPH[m] & set(SHARING)) for m in below if GRAPH[m] & set(SHARING)} == {}

@@ -201,15 +201,18 @@ class LowRankWeight:
 
     @property
     def stacked(self) -> bool:
+        """True when the factors carry a leading task dimension."""
         return bool(self.terms) or self.base.dim() == 3
 
     @property
     def shape(self) -> tuple[int, ...]:
+        """The shape of the full weight the factors stand for."""
         if self.terms:
             return (self.terms[0][1].shape[0], *self.base.shape[-2:])
         return tuple(self.base.shape)
 
     def detach(self) -> LowRankWeight:
+        """The same weight with detached factors."""
         return LowRankWeight(
             self.base.detach(),
             [

@@ -66,9 +66,11 @@ class MemoryState(NamedTuple):
 
     @property
     def heads(self) -> int:
+        """Number of read heads."""
         return self.read_weights.shape[1]
 
     def detach(self) -> MemoryState:
+        """The state with every tensor detached (truncated backpropagation)."""
         return MemoryState(*(t.detach() for t in self))
 
 
@@ -226,6 +228,7 @@ class CoreState(NamedTuple):
     memory: MemoryState
 
     def detach(self) -> CoreState:
+        """The state with every tensor detached (truncated backpropagation)."""
         return CoreState(
             self.h.detach(), self.c.detach(), self.reads.detach(), self.memory.detach()
         )
@@ -289,11 +292,13 @@ class MemoryCore(nn.Module):
 
     @property
     def output_size(self) -> int:
+        """Width of the core's output (controller output plus the read vectors)."""
         return self.hidden_size + self.heads * self.width
 
     def initial_state(
         self, batch: int, device: str | torch.device | None = None, dtype: torch.dtype | None = None
     ) -> CoreState:
+        """A fresh state for ``batch`` rows: zero controller state, the initial memory."""
         p = self.interface.weight
         device = p.device if device is None else device
         dtype = p.dtype if dtype is None else dtype
