@@ -395,6 +395,7 @@ class Headline:
 
     @property
     def direction(self) -> str:
+        """``"maximize"`` or ``"minimize"`` (Optuna's word for :attr:`maximize`)."""
         return "maximize" if self.maximize else "minimize"
 
 
