@@ -9,6 +9,9 @@
     meta-rl evaluate RUN [--split test|ood] [--tasks N] [--budget K] [--baselines none,ppo,...]
                          [--ppo-multipliers 1,10[,100]] [--ppo-workers N] [--out DIR] [--json]
                          [--no-progress]
+    meta-rl tune PRESET --trials N [--space FILE.yaml] [--sampler tpe|random]
+                        [--pruner median|halving|none] [--jobs K] [--storage URL]
+                        [--budget FRACTION_OR_ITERATIONS] [--out DIR] [--seed S] [--set k=v]
     meta-rl zoo [NAME]                    pretrained agents shipped with meta-rl (meta_rl.cli_share)
     meta-rl push RUN --repo ORG/NAME [--private] [--dry-run DIR]   upload to the Hugging Face Hub
 
@@ -467,6 +470,30 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# meta-rl tune (meta_rl.tune: Optuna over learning strategies)
+# --------------------------------------------------------------------------------------------
+def cmd_tune(args: argparse.Namespace) -> int:
+    from meta_rl import tune, tune_report
+
+    if args.show_space:
+        name, space = tune.show_space(args.preset, args.set)
+        print(f"# default search space {name!r} of preset {args.preset}\n{space.to_yaml()}", end="")
+        return 0
+    out = Path(args.out) if args.out else Path("runs") / f"tune-{args.preset}"
+    settings = tune.TuneSettings(
+        args.preset, args.trials, out, Path(args.space) if args.space else None, args.sampler,
+        args.pruner, args.jobs, args.storage, args.budget, args.reports, args.seed, args.set,
+        not args.no_preset_trial,
+    )  # fmt: skip
+    result = tune.tune(settings)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, default=str))
+    else:
+        print(tune_report.summary_text(result.to_dict(), out))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
 # Entry point
 # --------------------------------------------------------------------------------------------
 def _positive(text: str) -> int:
@@ -569,6 +596,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("tune", help="search learning strategies (Optuna): best.yaml + plots")
+    p.add_argument("preset", metavar="PRESET", help="a preset (see: meta-rl presets)")
+    p.add_argument("--trials", type=_positive, default=20, help="finished trials wanted")
+    p.add_argument("--space", help="search space YAML (default: the preset's; --show-space)")
+    p.add_argument("--show-space", action="store_true", help="print the default space, exit")
+    p.add_argument("--sampler", default="tpe", choices=["tpe", "random"])
+    p.add_argument("--pruner", default="median", choices=["median", "halving", "none"])
+    p.add_argument("--jobs", type=_positive, default=1, help="trials at once (processes)")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///OUT/study.db)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=0.25,
+        help="iterations per trial: a fraction (< 1) of the preset's, or a count (default 0.25)",
+    )
+    p.add_argument("--reports", type=_positive, default=4, help="evaluations per trial")
+    p.add_argument("--out", help="tune folder (default: runs/tune-PRESET; re-run to resume)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of the trials")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="fixed value")
+    p.add_argument(
+        "--no-preset-trial", action="store_true", help="do not start with the preset's strategy"
+    )
+    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    p.set_defaults(func=cmd_tune)
     add_share_parsers(sub)  # meta-rl zoo, meta-rl push
     return parser
 
@@ -589,7 +641,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _run_command(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    bar = args.command in ("train", "evaluate") and not args.no_progress and sys.stderr.isatty()
+    bar = args.command == "tune" or (
+        args.command in ("train", "evaluate") and not args.no_progress and sys.stderr.isatty()
+    )  # tune: per-step metric lines stay in each trial's log.txt
     _setup_logging(-1 if args.quiet else args.verbose, progress_bar=bar)
     try:
         return int(args.func(args) or 0)

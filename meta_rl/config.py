@@ -384,6 +384,21 @@ def config_class(name: str) -> type[BaseConfig]:
     return cls
 
 
+@dataclass(frozen=True)
+class Headline:
+    """The held-out adaptation score a trainer's evaluation reports as its result: the metric
+    it logs under ``metric`` (at every evaluation and in the final metrics) and whether more
+    is better (a return, an accuracy) or less (a loss)."""
+
+    metric: str
+    maximize: bool
+
+    @property
+    def direction(self) -> str:
+        """``"maximize"`` or ``"minimize"`` (Optuna's word for :attr:`maximize`)."""
+        return "maximize" if self.maximize else "minimize"
+
+
 @dataclass
 class BaseConfig:
     """Fields every trainer shares. Subclass it (a plain, non-frozen dataclass) per trainer."""
@@ -423,6 +438,11 @@ class BaseConfig:
 
     def check(self) -> None:
         """Hook for checks across fields; raise :class:`ConfigError` naming the fields."""
+
+    def headline(self) -> Headline | None:
+        """The held-out score this trainer's evaluation reports as its result (what
+        ``meta-rl tune`` optimises); ``None``: the trainer names none."""
+        return None
 
     # -- conversion ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -135,8 +135,11 @@ def test_leaf_modules_import_nothing_from_the_package(module):
     assert GRAPH[module] == set()
 
 
-def test_launch_never_imports_the_cli():
-    assert "meta_rl.cli" not in GRAPH["meta_rl.launch"]
+@pytest.mark.parametrize(
+    "module", ["meta_rl.launch", "meta_rl.tune", "meta_rl.tune_space", "meta_rl.tune_report"]
+)
+def test_launch_and_tune_never_import_the_cli(module):
+    assert "meta_rl.cli" not in GRAPH[module]
 
 
 def test_files_and_functions_stay_small():

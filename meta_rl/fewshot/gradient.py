@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
-from meta_rl.config import ConfigError, bounds
+from meta_rl.config import ConfigError, Headline, bounds
 from meta_rl.core import (
     METASGD_PREFIX,
     MetaLoss,
@@ -116,6 +116,11 @@ class GradientFewShotConfig(GlyphData):
                 f"samples_per_class = {self.samples_per_class} must be >= k_shot + q_queries "
                 f"= {self.k_shot + self.q_queries} for task='glyphs'"
             )
+
+    def headline(self) -> Headline:
+        """Held-out loss (sinusoid MSE) or accuracy (glyphs) after ``eval_inner_steps``."""
+        name = "loss" if self.task == "sine" else "acc"
+        return Headline(f"eval/{name}_step{self.eval_inner_steps}", maximize=name == "acc")
 
     @property
     def step_size(self) -> float:

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
-from meta_rl.config import BaseConfig, ConfigError, bounds, choice
+from meta_rl.config import BaseConfig, ConfigError, Headline, bounds, choice
 from meta_rl.core import Params, expand_params, init_metasgd_lrs, inner_update
 from meta_rl.loop import TrainingDiverged
 from meta_rl.policies import distributions as D
@@ -123,6 +123,10 @@ class MetaPGConfig(BaseConfig):
     def check(self) -> None:
         if not self.hidden:
             raise ConfigError("hidden=() is not allowed; give at least one layer width")
+
+    def headline(self) -> Headline:
+        """Mean held-out return after ``eval_inner_steps`` inner steps."""
+        return Headline(f"eval_return_{self.eval_inner_steps}", maximize=True)
 
 
 @dataclass

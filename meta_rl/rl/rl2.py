@@ -35,7 +35,7 @@ from meta_rl_envs.wrappers import BatchedTrialEnv
 
 from meta_rl import collectives, loop
 from meta_rl.checkpoint import rng_state, set_rng_state
-from meta_rl.config import BaseConfig, ConfigError, bounds
+from meta_rl.config import BaseConfig, ConfigError, Headline, bounds
 from meta_rl.policies import distributions as D
 from meta_rl.policies.recurrent import (
     EpisodicMemoryPolicy,
@@ -162,6 +162,10 @@ class RL2Config(BaseConfig):
     """save a checkpoint every this many iterations (0: only at the end)"""
     log_every: int = field(default=5, metadata=bounds(ge=1))
     """write training metrics every this many iterations"""
+
+    def headline(self) -> Headline:
+        """Mean held-out trial return (the RL^2 paper's number)."""
+        return Headline("eval_return", maximize=True)
 
     def check(self) -> None:
         if self.tasks_per_iteration * self.envs_per_task < self.minibatches:
