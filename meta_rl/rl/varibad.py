@@ -247,8 +247,8 @@ class VariBADModel(nn.Module):
         n_sas = 2 * obs_dim + self.act_size
         if self.kind == "cells":
             low, high = np.asarray(obs_space.low), np.asarray(obs_space.high)
-            sizes = (high - low + 1).round().astype(np.int64)
             whole = np.isfinite(low).all() and np.isfinite(high).all()
+            sizes = (high - low + 1).round().astype(np.int64) if whole else np.zeros(1, np.int64)
             if not whole or (low != low.round()).any() or (sizes < 1).any():
                 raise ConfigError(
                     f"reward_decoder='cells' needs an integer grid observation space (finite "
