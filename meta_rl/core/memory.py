@@ -25,7 +25,7 @@ RL^2 memory policy both use.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -342,18 +342,7 @@ class MemoryCore(nn.Module):
     ) -> tuple[Tensor, CoreState]:
         """Run ``xs`` [T, B, input_size]; rows with ``episode_start`` [T, B] true restart from
         the initial state before that step. Returns outputs [T, B, output_size], final state."""
-        if xs.dim() != 3:
-            raise ValueError(f"xs has shape {tuple(xs.shape)}; expected [T, batch, input_size]")
-        fresh = None
-        outs = []
-        for t in range(xs.shape[0]):
-            if episode_start is not None:
-                if fresh is None:
-                    fresh = self.initial_state(xs.shape[1], xs.device, xs.dtype)
-                state = self.reset(state, episode_start[t], fresh)
-            out, state = self(xs[t], state)
-            outs.append(out)
-        return torch.stack(outs), state
+        return unroll_cell(self, xs, state, episode_start)
 
     def reset(self, state: CoreState, reset: Tensor, fresh: CoreState | None = None) -> CoreState:
         """Rows where ``reset`` [B] is true go back to the initial state."""
@@ -408,3 +397,21 @@ def episodic_read(queries: Tensor, keys: Tensor, values: Tensor, valid: Tensor) 
     scores = torch.matmul(queries, keys.transpose(-1, -2)) / math.sqrt(queries.shape[-1])
     scores = scores.masked_fill(~valid.unsqueeze(1), float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), values)
+
+
+def unroll_cell(cell: nn.Module, xs: Tensor, state: Any, episode_start: Tensor | None) -> tuple:
+    """A memory cell (:class:`MemoryCore`, :class:`~meta_rl.core.ntm.NTMCore`: ``cell(x, state)
+    -> (out, state)``, ``initial_state``, ``reset``) over ``xs`` [T, B, input_size]; rows with
+    ``episode_start`` [T, B] true restart from the initial state before that step."""
+    if xs.dim() != 3:
+        raise ValueError(f"xs has shape {tuple(xs.shape)}; expected [T, batch, input_size]")
+    fresh = None
+    outs = []
+    for t in range(xs.shape[0]):
+        if episode_start is not None:
+            if fresh is None:
+                fresh = cell.initial_state(xs.shape[1], xs.device, xs.dtype)
+            state = cell.reset(state, episode_start[t], fresh)
+        out, state = cell(xs[t], state)
+        outs.append(out)
+    return torch.stack(outs), state

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from meta_rl.core.memory import _where_rows
+from meta_rl.core.memory import _where_rows, unroll_cell
 from meta_rl.core.memory import address as content_weights
 
 __all__ = [
@@ -423,18 +423,7 @@ class NTMCore(nn.Module):
     ) -> tuple[Tensor, NTMCoreState]:
         """Run ``xs`` [T, B, input_size]; rows with ``episode_start`` [T, B] true restart from
         the initial state before that step. Returns outputs [T, B, output_size], final state."""
-        if xs.dim() != 3:
-            raise ValueError(f"xs has shape {tuple(xs.shape)}; expected [T, batch, input_size]")
-        fresh = None
-        outs = []
-        for t in range(xs.shape[0]):
-            if episode_start is not None:
-                if fresh is None:
-                    fresh = self.initial_state(xs.shape[1], xs.device, xs.dtype)
-                state = self.reset(state, episode_start[t], fresh)
-            out, state = self(xs[t], state)
-            outs.append(out)
-        return torch.stack(outs), state
+        return unroll_cell(self, xs, state, episode_start)
 
     def reset(
         self, state: NTMCoreState, reset: Tensor, fresh: NTMCoreState | None = None
